@@ -1,0 +1,85 @@
+"""arrwDB: a vector database you import or serve, with real-time change streams.
+
+>>> import arrwdb
+>>> db = arrwdb.open()                      # in memory; arrwdb.open("./data") is durable
+>>> lib = db.create_library("papers")
+"""
+
+from arrwdb.client import (
+    AsyncDatabase,
+    AsyncLibraryHandle,
+    Database,
+    EventStream,
+    LibraryHandle,
+    open,
+    open_async,
+)
+from arrwdb.config import Settings
+from arrwdb.domain.errors import (
+    AlreadyExistsError,
+    ArrwdbError,
+    DimensionMismatchError,
+    DocumentNotFoundError,
+    InternalError,
+    InvalidArgumentError,
+    InvalidFilterError,
+    InvalidVectorError,
+    LibraryNotFoundError,
+    NotFoundError,
+    SlowConsumerError,
+    StorageError,
+    SubscriptionClosedError,
+    ValidationError,
+)
+from arrwdb.domain.events import Event
+from arrwdb.domain.models import (
+    Chunk,
+    Document,
+    IndexParams,
+    Library,
+    NewChunk,
+    NewDocument,
+    Page,
+    SearchHit,
+    SearchQuery,
+    SearchResult,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExistsError",
+    "ArrwdbError",
+    "AsyncDatabase",
+    "AsyncLibraryHandle",
+    "Chunk",
+    "Database",
+    "DimensionMismatchError",
+    "Document",
+    "DocumentNotFoundError",
+    "Event",
+    "EventStream",
+    "IndexParams",
+    "InternalError",
+    "InvalidArgumentError",
+    "InvalidFilterError",
+    "InvalidVectorError",
+    "Library",
+    "LibraryHandle",
+    "LibraryNotFoundError",
+    "NewChunk",
+    "NewDocument",
+    "NotFoundError",
+    "Page",
+    "SearchHit",
+    "SearchQuery",
+    "SearchResult",
+    "Settings",
+    "SlowConsumerError",
+    "StorageError",
+    "SubscriptionClosedError",
+    "ValidationError",
+    "__version__",
+    "open",
+    "open_async",
+]

@@ -1,0 +1,163 @@
+"""Snapshot files: the whole state of a store as of one log record, written atomically.
+
+``snapshot-<last seq, 20 digits>.snap`` is a sequence of frames (``_codec``, magic ``AWS1``)
+numbered 0, 1, 2, ...: a header (format, last record number), the libraries in creation order,
+each library's documents in insertion order (batches of about ``BATCH_CHUNKS`` chunks), the
+retained events oldest first, and an end frame that counts the frames before it. It is written
+to ``<name>.tmp``, fsynced, renamed with ``os.replace`` and the directory fsynced, so a name
+ending in ``.snap`` always denotes a complete file; a ``.tmp`` left by a crash is deleted on open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final
+
+import msgspec
+
+from arrwdb.adapters.storage._codec import (
+    ENCODER,
+    SNAPSHOT_DECODER,
+    SNAPSHOT_MAGIC,
+    DocumentsItem,
+    EventsItem,
+    FrameError,
+    LibraryItem,
+    SnapshotEnd,
+    SnapshotHeader,
+    SnapshotItem,
+    frame_header,
+    iter_frames,
+)
+from arrwdb.adapters.storage._segments import fsync_directory, storage_error
+from arrwdb.domain.errors import StorageError
+from arrwdb.domain.events import Event
+from arrwdb.domain.models import Document, Library, utcnow
+
+FORMAT: Final = 1
+BATCH_CHUNKS: Final = 1024
+BATCH_EVENTS: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotState:
+    """What a snapshot holds: the state after record ``last_seq``."""
+
+    last_seq: int
+    libraries: list[Library]
+    documents: dict[str, list[Document]]
+    events: list[Event]
+
+
+def snapshot_name(last_seq: int) -> str:
+    return f"snapshot-{last_seq:020d}.snap"
+
+
+def list_snapshots(directory: Path) -> list[tuple[int, Path]]:
+    """``(last seq, path)`` of every complete snapshot in ``directory``, oldest first."""
+    found = []
+    for path in directory.glob("snapshot-*.snap"):
+        digits = path.name[9:-5]
+        if digits.isdigit():
+            found.append((int(digits), path))
+    return sorted(found)
+
+
+def remove_temporaries(directory: Path) -> None:
+    """Delete snapshots a crash left half-written."""
+    for path in directory.glob("snapshot-*.snap.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def write_snapshot(directory: Path, state: SnapshotState) -> Path:
+    """Write ``state`` to ``directory`` atomically and durably; return the file's path."""
+    final = directory / snapshot_name(state.last_seq)
+    temporary = final.with_name(final.name + ".tmp")
+    try:
+        with temporary.open("wb") as file:
+            count = 0
+            for item in _items(state):
+                _put(file, count, item)
+                count += 1
+            _put(file, count, SnapshotEnd(items=count))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, final)
+        fsync_directory(directory)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise storage_error("could not write snapshot", final, exc) from exc
+    return final
+
+
+def _items(state: SnapshotState) -> Iterator[SnapshotItem]:
+    yield SnapshotHeader(format=FORMAT, last_seq=state.last_seq, created_at=utcnow())
+    for library in state.libraries:
+        yield LibraryItem(library=library)
+    for library_id, documents in state.documents.items():
+        for batch in _batches(documents):
+            yield DocumentsItem(library_id=library_id, documents=batch)
+    for start in range(0, len(state.events), BATCH_EVENTS):
+        yield EventsItem(events=state.events[start : start + BATCH_EVENTS])
+
+
+def _batches(documents: Sequence[Document]) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    chunks = 0
+    for document in documents:
+        batch.append(document)
+        chunks += max(1, len(document.chunks))
+        if chunks >= BATCH_CHUNKS:
+            yield batch
+            batch, chunks = [], 0
+    if batch:
+        yield batch
+
+
+def _put(file: IO[bytes], number: int, item: SnapshotItem) -> None:
+    payload = ENCODER.encode(item)
+    file.write(frame_header(SNAPSHOT_MAGIC, number, len(payload), zlib.crc32(payload)))
+    file.write(payload)
+
+
+def read_snapshot(path: Path) -> Iterator[SnapshotItem]:
+    """The items of a snapshot, header first, without the end frame.
+
+    Raises ``StorageError`` naming the file and byte offset if the file is damaged or
+    incomplete (which the caller only learns after the last item)."""
+    offset = 0
+    try:
+        with path.open("rb") as file:
+            for expected, frame in enumerate(iter_frames(file, SNAPSHOT_MAGIC)):
+                offset = frame.offset
+                if frame.seq != expected:
+                    raise _corrupt(path, offset, f"item {frame.seq} where {expected} was expected")
+                item = SNAPSHOT_DECODER.decode(frame.payload)
+                if expected == 0 and not (
+                    isinstance(item, SnapshotHeader) and item.format == FORMAT
+                ):
+                    raise _corrupt(path, offset, "not a snapshot of a known format")
+                if isinstance(item, SnapshotEnd):
+                    if item.items != expected or file.read(1):
+                        raise _corrupt(path, offset, "end marker in the wrong place")
+                    return
+                yield item
+            raise _corrupt(path, path.stat().st_size, "the file ends without its end marker")
+    except FrameError as exc:
+        raise _corrupt(path, exc.offset, exc.reason) from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _corrupt(path, offset, f"unreadable item ({exc})") from None
+    except OSError as exc:
+        raise storage_error("could not read snapshot", path, exc) from exc
+
+
+def _corrupt(path: Path, offset: int, reason: str) -> StorageError:
+    return StorageError(
+        f"corrupt snapshot {path} at byte {offset}: {reason}", path=str(path), offset=offset
+    )

@@ -1,0 +1,392 @@
+"""The in-process API: ``arrwdb.open()`` and ``arrwdb.open_async()``.
+
+Same operations, semantics and errors as the server (exceptions carry the same ``code``s as
+HTTP problems and WebSocket errors). The sync API is thread-safe; the async twin runs each call
+in a worker thread so it never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import numpy as np
+
+from arrwdb.config import Settings
+from arrwdb.container import Container, build_container
+from arrwdb.domain.errors import LibraryNotFoundError, SubscriptionClosedError
+from arrwdb.domain.events import Event
+from arrwdb.domain.models import (
+    Document,
+    Library,
+    NewChunk,
+    NewDocument,
+    Page,
+    SearchQuery,
+    SearchResult,
+)
+from arrwdb.domain.ports import Subscription
+from arrwdb.domain.service import VectorDBService
+
+Query = str | Sequence[float] | np.ndarray
+
+
+def open(path: str | None = None, **options: Any) -> Database:
+    """Open a database: in memory (``path=None``) or durable in directory ``path``.
+
+    ``options`` are ``Settings`` fields (``history_size=...``, ``embedder=...``); anything not
+    given comes from ``ARRWDB_*`` environment variables, then the defaults.
+    """
+    return Database(_start(path, options))
+
+
+def open_async(path: str | None = None, **options: Any) -> AsyncDatabase:
+    """The async twin of :func:`open` (opening itself is quick and does not block)."""
+    return AsyncDatabase(Database(_start(path, options)))
+
+
+def _start(path: str | None, options: dict[str, Any]) -> Container:
+    if path is not None:
+        options = {"storage": "disk", "data_dir": str(path), **options}
+    container = build_container(Settings.from_env(**options))
+    container.init_resources()
+    return container
+
+
+class Database:
+    """A handle on an open database. Close it (or use ``with``) to release the store."""
+
+    def __init__(self, container: Container) -> None:
+        self._container = container
+        self.service: VectorDBService = container.service()
+
+    def create_library(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        dimension: int | None = None,
+        metric: str = "cosine",
+        index: str = "hnsw",
+        index_params: Mapping[str, int] | None = None,
+        embedder: str | None = None,
+    ) -> LibraryHandle:
+        lib = self.service.create_library(
+            name,
+            description=description,
+            metadata=metadata,
+            dimension=dimension,
+            metric=metric,
+            index=index,
+            index_params=index_params,
+            embedder=embedder,
+        )
+        return LibraryHandle(self.service, lib.id)
+
+    def get_library(self, name_or_id: str) -> LibraryHandle:
+        """By id or by name; raises ``LibraryNotFoundError``."""
+        return LibraryHandle(self.service, self._resolve(name_or_id))
+
+    def list_libraries(self) -> list[Library]:
+        return self.service.list_libraries()
+
+    def delete_library(self, name_or_id: str) -> None:
+        self.service.delete_library(self._resolve(name_or_id))
+
+    def events(
+        self,
+        since: str | int | None = None,
+        *,
+        types: Iterable[str] | None = None,
+        timeout: float | None = None,
+    ) -> EventStream:
+        """Every library's change events (see ``LibraryHandle.events``)."""
+        return EventStream(self.service.subscribe(None, since=since, types=types), timeout)
+
+    def _resolve(self, name_or_id: str) -> str:
+        try:
+            return self.service.get_library(name_or_id).id
+        except LibraryNotFoundError:
+            return self.service.find_library(name_or_id).id
+
+    def close(self) -> None:
+        self._container.shutdown_resources()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LibraryHandle:
+    """Operations on one library. Attribute reads (``lib.name``, ``lib.chunk_count``...) give
+    the library's current state."""
+
+    def __init__(self, service: VectorDBService, library_id: str) -> None:
+        self._service = service
+        self.id = library_id
+
+    @property
+    def info(self) -> Library:
+        return self._service.get_library(self.id)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.info, name)
+
+    def __repr__(self) -> str:
+        return f"<LibraryHandle {self.id}>"
+
+    def add_document(
+        self,
+        title: str = "",
+        text: str | None = None,
+        *,
+        chunks: Sequence[NewChunk | Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        id: str | None = None,
+    ) -> Document:
+        """Add one document from ``text`` (chunked and embedded here) or ``chunks``."""
+        doc = NewDocument(
+            title=title,
+            text=text,
+            chunks=None if chunks is None else list(chunks),  # type: ignore[arg-type]
+            metadata=metadata or {},
+            id=id,
+        )
+        return self._service.add_document(self.id, doc)
+
+    def add_documents(self, documents: Iterable[NewDocument | Mapping[str, Any]]) -> list[Document]:
+        """Add many documents in one commit: the fast path for bulk loads."""
+        return self._service.add_documents(self.id, documents)
+
+    def search(
+        self,
+        query: Query,
+        k: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        ef: int | None = None,
+        include_embedding: bool = False,
+    ) -> SearchResult:
+        """Search by text (``str``) or by vector (list or numpy array)."""
+        text = query if isinstance(query, str) else None
+        vector = None if isinstance(query, str) else query
+        q = SearchQuery(
+            text=text, vector=vector, k=k, filter=filter, ef=ef, include_embedding=include_embedding
+        )
+        return self._service.search(self.id, q)
+
+    def get_document(self, document_id: str, *, include_embedding: bool = True) -> Document:
+        return self._service.get_document(self.id, document_id, include_embedding=include_embedding)
+
+    def list_documents(self, *, limit: int = 100, cursor: str | None = None) -> Page:
+        return self._service.list_documents(self.id, limit=limit, cursor=cursor)
+
+    def update_document(self, document_id: str, **changes: Any) -> Document:
+        """Change ``title``, ``metadata``, or replace the content with ``text``/``chunks``."""
+        return self._service.update_document(self.id, document_id, **changes)
+
+    def delete_document(self, document_id: str) -> None:
+        self._service.delete_document(self.id, document_id)
+
+    def update(self, **changes: Any) -> Library:
+        """Change ``name``, ``description`` or ``metadata``."""
+        return self._service.update_library(self.id, **changes)
+
+    def events(
+        self,
+        since: str | int | None = None,
+        *,
+        types: Iterable[str] | None = None,
+        timeout: float | None = None,
+    ) -> EventStream:
+        """This library's change events: from ``since`` (an event id, or ``"earliest"`` for all
+        that is retained; ``None``: only live ones), then live ones as they are committed.
+
+        The subscription is registered when this method returns. Iteration stops after
+        ``timeout`` seconds without an event (``None``: never). If ``since`` is no longer
+        retained, the first event is a ``stream.reset`` and the stream continues live.
+        A consumer that falls too far behind gets ``SlowConsumerError``.
+        """
+        return EventStream(self._service.subscribe(self.id, since=since, types=types), timeout)
+
+
+class EventStream:
+    """An iterator over a subscription; iterate sync (``for``) or async (``async for``)."""
+
+    def __init__(self, subscription: Subscription, timeout: float | None) -> None:
+        self._sub = subscription
+        self._timeout = timeout
+        self._pending_reset = subscription.reset
+        self._closed = False
+
+    @property
+    def last_id(self) -> str | None:
+        return self._sub.last_id
+
+    def _reset_event(self) -> Event | None:
+        if not self._pending_reset:
+            return None
+        self._pending_reset = False
+        return Event(
+            id=self._sub.last_id or "0",
+            type="stream.reset",
+            library_id=None,
+            data={"reason": "the requested start point is no longer retained; resynchronise"},
+        )
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        reset = self._reset_event()
+        if reset is not None:
+            return reset
+        try:
+            event = self._sub.get(self._timeout)
+        except SubscriptionClosedError:
+            if self._closed:
+                raise StopIteration from None
+            raise
+        if event is None:
+            self.close()
+            raise StopIteration
+        return event
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._agen()
+
+    async def _agen(self) -> AsyncIterator[Event]:
+        try:
+            reset = self._reset_event()
+            if reset is not None:
+                yield reset
+            while True:
+                try:
+                    event = await self._sub.aget(self._timeout)
+                except SubscriptionClosedError:
+                    if self._closed:
+                        return
+                    raise
+                if event is None:
+                    return
+                yield event
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._sub.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncDatabase:
+    """``Database`` for coroutines: every call runs in a worker thread."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.service = db.service
+
+    async def create_library(self, name: str, **options: Any) -> AsyncLibraryHandle:
+        handle = await anyio.to_thread.run_sync(lambda: self._db.create_library(name, **options))
+        return AsyncLibraryHandle(handle)
+
+    async def get_library(self, name_or_id: str) -> AsyncLibraryHandle:
+        handle = await anyio.to_thread.run_sync(self._db.get_library, name_or_id)
+        return AsyncLibraryHandle(handle)
+
+    async def list_libraries(self) -> list[Library]:
+        return await anyio.to_thread.run_sync(self._db.list_libraries)
+
+    async def delete_library(self, name_or_id: str) -> None:
+        await anyio.to_thread.run_sync(self._db.delete_library, name_or_id)
+
+    def events(self, since: str | int | None = None, **options: Any) -> EventStream:
+        return self._db.events(since, **options)
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._db.close)
+
+    async def __aenter__(self) -> AsyncDatabase:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncLibraryHandle:
+    """``LibraryHandle`` for coroutines."""
+
+    def __init__(self, handle: LibraryHandle) -> None:
+        self._h = handle
+        self.id = handle.id
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._h.info, name)
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def add_document(self, title: str = "", text: str | None = None, **kw: Any) -> Document:
+        result: Document = await self._run(self._h.add_document, title, text, **kw)
+        return result
+
+    async def add_documents(self, documents: Iterable[Any]) -> list[Document]:
+        result: list[Document] = await self._run(self._h.add_documents, list(documents))
+        return result
+
+    async def search(self, query: Query, k: int = 10, **kw: Any) -> SearchResult:
+        result: SearchResult = await self._run(self._h.search, query, k, **kw)
+        return result
+
+    async def get_document(self, document_id: str, **kw: Any) -> Document:
+        result: Document = await self._run(self._h.get_document, document_id, **kw)
+        return result
+
+    async def list_documents(self, **kw: Any) -> Page:
+        result: Page = await self._run(self._h.list_documents, **kw)
+        return result
+
+    async def update_document(self, document_id: str, **changes: Any) -> Document:
+        result: Document = await self._run(self._h.update_document, document_id, **changes)
+        return result
+
+    async def delete_document(self, document_id: str) -> None:
+        await self._run(self._h.delete_document, document_id)
+
+    async def update(self, **changes: Any) -> Library:
+        result: Library = await self._run(self._h.update, **changes)
+        return result
+
+    def events(self, since: str | int | None = None, **options: Any) -> EventStream:
+        """Use with ``async for``; registered when this returns."""
+        return self._h.events(since, **options)
+
+
+__all__ = [
+    "AsyncDatabase",
+    "AsyncLibraryHandle",
+    "Database",
+    "EventStream",
+    "LibraryHandle",
+    "open",
+    "open_async",
+]

@@ -1,0 +1,101 @@
+"""Settings: every knob of arrwDB, from code or from ``ARRWDB_*`` environment variables.
+
+``Settings.from_env(**overrides)`` reads ``ARRWDB_<FIELD>`` (upper case) for every field below
+and then applies keyword overrides. Lists are comma-separated. See ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+ALL_TRANSPORTS = ("rest", "ndjson", "sse", "websocket")
+ENV_PREFIX = "ARRWDB_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # storage
+    storage: Literal["memory", "disk"] = "memory"
+    data_dir: str | None = None
+    fsync: Literal["always", "interval", "never"] = "always"
+    # event stream
+    bus: Literal["inprocess"] = "inprocess"
+    history_size: int = 10_000
+    history_max_age: float | None = None
+    subscriber_buffer: int = 1_000
+    # text
+    embedder: str = "hashing"
+    chunk_size: int = 1_000
+    chunk_overlap: int = 100
+    # server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    transports: tuple[str, ...] = ALL_TRANSPORTS
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_ws_message_bytes: int = 16 * 1024 * 1024
+    ws_send_queue: int = 1_024
+    sse_keepalive: float = 15.0
+    ndjson_batch: int = 256
+
+    def __post_init__(self) -> None:
+        unknown = set(self.transports) - set(ALL_TRANSPORTS)
+        if unknown:
+            raise ValueError(
+                f"unknown transport(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(ALL_TRANSPORTS)}"
+            )
+        for name in ("history_size", "subscriber_buffer", "chunk_size", "ws_send_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.storage == "disk" and not self.data_dir:
+            raise ValueError("storage 'disk' needs data_dir")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw, hints[f.name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(name: str, raw: str, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if raw.strip().lower() in ("", "none", "null"):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if origin is tuple:
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if origin is Literal:
+            if raw not in args:
+                raise ValueError(f"expected one of {', '.join(map(str, args))}")
+            return raw
+        if hint is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if hint in (int, float):
+            return hint(raw)
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
+
+
+__all__ = ["ALL_TRANSPORTS", "Settings"]

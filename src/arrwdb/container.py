@@ -1,0 +1,97 @@
+"""The composition root: the only module that knows every concrete adapter.
+
+One ``Selector`` per port picks its adapter from configuration; the service is a ``Resource``
+(loaded on ``init_resources()``, closed on ``shutdown_resources()``). Nothing is built when this
+module is imported: ``build_container(settings)`` wires, ``init_resources()`` opens.
+
+Tests override any provider (``container.repository.override(fake)``) before initialising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict
+
+from dependency_injector import containers, providers
+
+from arrwdb.adapters.bus.inprocess import InProcessEventBus
+from arrwdb.adapters.embedders.hashing import HashingEmbedder
+from arrwdb.adapters.index import make_index
+from arrwdb.adapters.storage.memory import InMemoryRepository
+from arrwdb.config import Settings
+from arrwdb.domain.chunking import Chunker
+from arrwdb.domain.ports import Embedder, EventBus, IndexFactory, Repository
+from arrwdb.domain.service import VectorDBService
+
+
+def _service(
+    repository: Repository,
+    bus: EventBus,
+    index_factory: IndexFactory,
+    embedders: dict[str, Embedder],
+    chunker: Chunker,
+    default_embedder: str,
+    history_size: int,
+) -> Iterator[VectorDBService]:
+    service = VectorDBService(
+        repository,
+        bus,
+        index_factory,
+        embedders,
+        chunker,
+        default_embedder=default_embedder,
+        history_size=history_size,
+    )
+    try:
+        service.load()
+    except BaseException:
+        service.close()
+        raise
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+class Container(containers.DeclarativeContainer):
+    config = providers.Configuration(strict=True)
+
+    repository = providers.Selector(
+        config.storage,
+        memory=providers.Singleton(InMemoryRepository),
+    )
+
+    bus = providers.Selector(
+        config.bus,
+        inprocess=providers.Singleton(
+            InProcessEventBus,
+            history_size=config.history_size,
+            history_max_age=config.history_max_age,
+            default_buffer=config.subscriber_buffer,
+        ),
+    )
+
+    index_factory = providers.Object(make_index)
+
+    embedders = providers.Dict(hashing=providers.Singleton(HashingEmbedder))
+
+    chunker = providers.Singleton(Chunker, size=config.chunk_size, overlap=config.chunk_overlap)
+
+    service = providers.Resource(
+        _service,
+        repository=repository,
+        bus=bus,
+        index_factory=index_factory,
+        embedders=embedders,
+        chunker=chunker,
+        default_embedder=config.embedder,
+        history_size=config.history_size,
+    )
+
+
+def build_container(settings: Settings | None = None) -> Container:
+    """A wired container for ``settings`` (default: from ``ARRWDB_*`` environment)."""
+    settings = settings or Settings.from_env()
+    container = Container()
+    container.config.from_dict(asdict(settings))
+    return container

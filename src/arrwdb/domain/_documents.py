@@ -1,0 +1,205 @@
+"""Turning what callers send into validated documents: chunk, embed, check every vector.
+
+Runs before any lock is taken (embedding is the slow part); the result is re-checked cheaply
+under the commit lock in case a concurrent write fixed the library's dimension meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from arrwdb.domain import validation as v
+from arrwdb.domain.chunking import Chunker
+from arrwdb.domain.errors import (
+    DimensionMismatchError,
+    InvalidArgumentError,
+    InvalidVectorError,
+)
+from arrwdb.domain.models import (
+    Chunk,
+    Document,
+    Library,
+    Matrix,
+    NewDocument,
+    SearchQuery,
+    Vector,
+    new_id,
+    utcnow,
+)
+from arrwdb.domain.ports import Embedder
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    documents: list[Document]  # with chunks and their embeddings
+    vectors: Matrix  # every chunk's embedding, in document and chunk order
+    dimension: int
+
+
+class DocumentBuilder:
+    def __init__(self, chunker: Chunker, embedders: Mapping[str, Embedder]) -> None:
+        self._chunker = chunker
+        self._embedders = embedders
+
+    def prepare(
+        self,
+        library: Library,
+        documents: Sequence[NewDocument],
+        *,
+        created_at: datetime | None = None,
+    ) -> PreparedBatch:
+        """Validate, chunk and embed. Raises ``ValidationError`` naming the field."""
+        if not documents:
+            raise InvalidArgumentError("no documents given", field="documents")
+        one = len(documents) == 1
+        texts: list[str] = []
+        chunk_meta: list[dict[str, object]] = []
+        explicit: dict[int, object] = {}  # chunk row -> given embedding
+        fields: dict[int, str] = {}
+        shapes: list[tuple[str, str, dict[str, object], str | None, int]] = []
+        for i, doc in enumerate(documents):
+            where = "" if one else f"documents[{i}]."
+            title = v.check_text(doc.title if doc.title is not None else "", f"{where}title")
+            metadata = v.check_metadata(doc.metadata, f"{where}metadata")
+            doc_id = None if doc.id is None else v.check_name(doc.id, f"{where}id")
+            if (doc.text is None) == (doc.chunks is None):
+                raise InvalidArgumentError(
+                    f"{where or 'a document '}needs exactly one of text and chunks".strip(),
+                    field=f"{where}text",
+                )
+            first = len(texts)
+            if doc.text is not None:
+                pieces = self._chunker.split(v.check_text(doc.text, f"{where}text"))
+                if not pieces:
+                    raise InvalidArgumentError(f"{where}text is empty", field=f"{where}text")
+                texts.extend(pieces)
+                chunk_meta.extend({} for _ in pieces)
+            else:
+                assert doc.chunks is not None
+                if not isinstance(doc.chunks, Sequence) or not doc.chunks:
+                    raise InvalidArgumentError(
+                        f"{where}chunks must be a non-empty list", field=f"{where}chunks"
+                    )
+                for j, chunk in enumerate(doc.chunks):
+                    cwhere = f"{where}chunks[{j}]"
+                    row = len(texts)
+                    texts.append(v.check_text(chunk.text, f"{cwhere}.text"))
+                    chunk_meta.append(v.check_metadata(chunk.metadata, f"{cwhere}.metadata"))
+                    if chunk.embedding is not None:
+                        explicit[row] = chunk.embedding
+                        fields[row] = f"{cwhere}.embedding"
+            shapes.append((title, where, metadata, doc_id, len(texts) - first))
+
+        vectors = self._vectors(library, texts, explicit, fields)
+        now = utcnow()
+        docs: list[Document] = []
+        row = 0
+        for title, _, metadata, doc_id, count in shapes:
+            did = doc_id or new_id()
+            chunks = tuple(
+                Chunk(
+                    id=new_id(),
+                    document_id=did,
+                    position=p,
+                    text=texts[row + p],
+                    metadata=chunk_meta[row + p],
+                    embedding=vectors[row + p],
+                )
+                for p in range(count)
+            )
+            row += count
+            docs.append(
+                Document(
+                    id=did,
+                    library_id=library.id,
+                    title=title,
+                    metadata=metadata,
+                    num_chunks=count,
+                    created_at=created_at or now,
+                    updated_at=now,
+                    chunks=chunks,
+                )
+            )
+        return PreparedBatch(docs, vectors, int(vectors.shape[1]))
+
+    def _vectors(
+        self,
+        library: Library,
+        texts: list[str],
+        explicit: dict[int, object],
+        fields: dict[int, str],
+    ) -> Matrix:
+        dim = library.dimension
+        metric = library.metric
+        given: Matrix | None = None
+        if explicit:
+            rows = list(explicit.values())
+            try:
+                given = v.as_matrix(rows, dim, metric)  # type: ignore[arg-type]
+            except (InvalidVectorError, DimensionMismatchError):
+                # find the first offending chunk, to name it
+                for row, value in explicit.items():
+                    dim = dim or _length(value)
+                    v.as_vector(value, dim, metric, fields[row])  # type: ignore[arg-type]
+                raise
+            dim = int(given.shape[1])
+        missing = [row for row in range(len(texts)) if row not in explicit]
+        embedded: Matrix | None = None
+        if missing:
+            embedder = self._embedders[library.embedder]
+            embedded = embedder.embed([texts[r] for r in missing], dim)
+            if embedded.ndim != 2 or embedded.shape[0] != len(missing):
+                raise InvalidVectorError(f"embedder {embedder.name!r} returned a bad shape")
+            if dim is not None and embedded.shape[1] != dim:
+                raise DimensionMismatchError(dim, int(embedded.shape[1]), what="text embedding")
+            dim = int(embedded.shape[1])
+        assert dim is not None
+        if given is not None and embedded is None:
+            return given
+        if embedded is not None and given is None:
+            return np.ascontiguousarray(embedded, dtype=np.float32)
+        out = np.empty((len(texts), dim), dtype=np.float32)
+        out[list(explicit)] = given
+        out[missing] = embedded
+        return out
+
+    @staticmethod
+    def revalidate(library: Library, batch: PreparedBatch) -> PreparedBatch:
+        """Under the commit lock: the library's dimension may have been fixed meanwhile."""
+        if library.dimension is not None and library.dimension != batch.dimension:
+            raise DimensionMismatchError(library.dimension, batch.dimension, what="embedding")
+        return batch
+
+    def query_vector(self, library: Library, query: SearchQuery) -> Vector:
+        """The query as a vector; empty when the library has no dimension yet (no results)."""
+        if (query.text is None) == (query.vector is None):
+            raise InvalidArgumentError(
+                "give exactly one of query_text and query_vector", field="query_text"
+            )
+        if query.text is not None:
+            text = v.check_text(query.text, "query_text")
+            if library.dimension is None:
+                return np.empty(0, dtype=np.float32)
+            embedded: Vector = self._embedders[library.embedder].embed([text], library.dimension)[0]
+            return embedded
+        assert query.vector is not None
+        vector = v.as_vector(query.vector, library.dimension, library.metric, "query_vector")
+        return vector if library.dimension is not None else np.empty(0, dtype=np.float32)
+
+    @staticmethod
+    def stack_embeddings(documents: Sequence[Document]) -> Matrix:
+        rows = [c.embedding for d in documents for c in d.chunks if c.embedding is not None]
+        if not rows:
+            return np.empty((0, 0), dtype=np.float32)
+        return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+
+
+def _length(value: object) -> int | None:
+    try:
+        return len(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None

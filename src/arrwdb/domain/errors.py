@@ -1,0 +1,131 @@
+"""The one error tree of arrwDB.
+
+Every error a caller can act on is an :class:`ArrwdbError` with a stable, machine-readable
+``code``. The same codes appear in HTTP problem details, WebSocket error responses and
+in-process exceptions; transports map the classes below to statuses in one table.
+
+::
+
+    ArrwdbError                      code
+    ├── ValidationError              validation_error     input breaks a rule (HTTP 422)
+    │   ├── DimensionMismatchError   dimension_mismatch   vector of the wrong length
+    │   ├── InvalidVectorError       invalid_vector       NaN/inf, not 1-d, empty
+    │   ├── InvalidFilterError       invalid_filter       unknown operator, bad operand
+    │   └── InvalidArgumentError     invalid_argument     k out of range, bad name, ...
+    ├── NotFoundError                not_found            (HTTP 404)
+    │   ├── LibraryNotFoundError     not_found
+    │   └── DocumentNotFoundError    not_found
+    ├── AlreadyExistsError           already_exists       duplicate library name (HTTP 409)
+    ├── SubscriptionClosedError      subscription_closed  a change stream was closed
+    │   └── SlowConsumerError        slow_consumer        its buffer overflowed; resume with `since`
+    ├── StorageError                 storage_error        the store cannot complete a write
+    └── InternalError                internal_error       a bug; details are logged, never sent
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ArrwdbError(Exception):
+    """Base of every arrwDB error. ``code`` is stable; ``message`` is for humans."""
+
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class ValidationError(ArrwdbError):
+    """The input is well-formed but breaks a rule of the domain."""
+
+    code = "validation_error"
+
+
+class DimensionMismatchError(ValidationError):
+    """A vector's length differs from its library's dimension."""
+
+    code = "dimension_mismatch"
+
+    def __init__(self, expected: int, got: int, *, what: str = "vector") -> None:
+        super().__init__(
+            f"{what} has dimension {got}, but the library's dimension is {expected}",
+            expected=expected,
+            got=got,
+        )
+
+
+class InvalidVectorError(ValidationError):
+    """A vector contains NaN or infinity, is empty, or is not one-dimensional."""
+
+    code = "invalid_vector"
+
+
+class InvalidFilterError(ValidationError):
+    """A metadata filter uses an unknown operator or a bad operand."""
+
+    code = "invalid_filter"
+
+
+class InvalidArgumentError(ValidationError):
+    """An argument is out of range or of the wrong kind (``k``, ``ef``, a name, ...)."""
+
+    code = "invalid_argument"
+
+
+class NotFoundError(ArrwdbError):
+    """The named library or document does not exist."""
+
+    code = "not_found"
+
+
+class LibraryNotFoundError(NotFoundError):
+    def __init__(self, library: str) -> None:
+        super().__init__(f"library {library!r} not found", library=library)
+
+
+class DocumentNotFoundError(NotFoundError):
+    def __init__(self, document_id: str, library_id: str | None = None) -> None:
+        where = f" in library {library_id!r}" if library_id else ""
+        super().__init__(f"document {document_id!r} not found{where}", document_id=document_id)
+
+
+class AlreadyExistsError(ArrwdbError):
+    """A library with that name (or a document with that id) already exists."""
+
+    code = "already_exists"
+
+
+class SubscriptionClosedError(ArrwdbError):
+    """The change stream was closed (by the server shutting down or the consumer)."""
+
+    code = "subscription_closed"
+
+
+class SlowConsumerError(SubscriptionClosedError):
+    """The subscriber fell behind and its bounded buffer overflowed.
+
+    Events up to ``last_event_id`` were delivered; resume with ``since=last_event_id``.
+    """
+
+    code = "slow_consumer"
+
+
+class StorageError(ArrwdbError):
+    """The store could not complete an operation; nothing of it was acknowledged."""
+
+    code = "storage_error"
+
+
+class InternalError(ArrwdbError):
+    """An unexpected failure. The message sent to clients is opaque."""
+
+    code = "internal_error"

@@ -1,0 +1,161 @@
+"""The domain model of the spec: libraries, documents, chunks, search hits.
+
+Entities are immutable value objects; the service produces new versions with
+:func:`dataclasses.replace`. Embeddings are float32 numpy vectors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Metric = Literal["cosine", "l2", "ip"]
+IndexKind = Literal["flat", "hnsw"]
+METRICS: tuple[Metric, ...] = ("cosine", "l2", "ip")
+INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "hnsw")
+
+#: A scalar or a list of scalars: what metadata values may be.
+MetadataValue = str | int | float | bool | None | list[str | int | float | bool | None]
+Metadata = Mapping[str, Any]
+
+Vector = npt.NDArray[np.float32]
+Matrix = npt.NDArray[np.float32]
+
+
+def new_id() -> str:
+    """A fresh UUID4 string: the server's choice of id for a library, document or chunk."""
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_timestamp(ts: datetime) -> str:
+    """RFC 3339 UTC with microseconds and a ``Z`` suffix."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class IndexParams:
+    """HNSW parameters. Ignored by the flat (exact) index."""
+
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 64
+
+    def as_dict(self) -> dict[str, int]:
+        return {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
+
+
+@dataclass(frozen=True, slots=True)
+class Library:
+    id: str
+    name: str
+    description: str = ""
+    metadata: Metadata = field(default_factory=dict)
+    dimension: int | None = None
+    metric: Metric = "cosine"
+    index: IndexKind = "hnsw"
+    index_params: IndexParams = field(default_factory=IndexParams)
+    embedder: str = "hashing"
+    document_count: int = 0
+    chunk_count: int = 0
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    id: str
+    document_id: str
+    position: int
+    text: str
+    metadata: Metadata = field(default_factory=dict)
+    embedding: Vector | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    id: str
+    library_id: str
+    title: str
+    metadata: Metadata = field(default_factory=dict)
+    num_chunks: int = 0
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    #: Present when read "with chunks" (``get_document``); empty in listings.
+    chunks: tuple[Chunk, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NewChunk:
+    """A chunk as given by a caller: text, and optionally its embedding and metadata."""
+
+    text: str
+    embedding: Sequence[float] | Vector | None = None
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NewDocument:
+    """A document as given by a caller: either ``text`` (split by the chunker) or ``chunks``."""
+
+    title: str = ""
+    text: str | None = None
+    chunks: Sequence[NewChunk] | None = None
+    metadata: Metadata = field(default_factory=dict)
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    chunk_id: str
+    document_id: str
+    document_title: str
+    text: str
+    score: float
+    metadata: Metadata
+    position: int = 0
+    embedding: Vector | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    results: list[SearchHit]
+    took_ms: float
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> SearchHit:
+        return self.results[i]
+
+    def __iter__(self) -> Iterator[SearchHit]:
+        return iter(self.results)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A validated search: exactly one of ``text`` and ``vector``."""
+
+    text: str | None = None
+    vector: Sequence[float] | Vector | None = None
+    k: int = 10
+    filter: Mapping[str, Any] | None = None
+    ef: int | None = None
+    include_embedding: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a listing; ``next_cursor`` is ``None`` on the last page."""
+
+    items: list[Document]
+    next_cursor: str | None

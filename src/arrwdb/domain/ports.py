@@ -1,0 +1,238 @@
+"""Ports: what the domain needs from the outside world, as small ``typing.Protocol``s.
+
+Adapters implement them (``arrwdb.adapters``); the container picks one per port from
+configuration. The domain never imports an adapter. Each method says what it promises and which
+domain error it raises; anything else an adapter raises is a bug (reported as ``internal_error``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from arrwdb.domain.events import Event, StartPoint
+from arrwdb.domain.models import Document, IndexParams, Library, Matrix, Metric, Page
+
+Labels = npt.NDArray[np.int64]
+Scores = npt.NDArray[np.float32]
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """A nearest-neighbour index over float32 vectors identified by int64 labels.
+
+    Vectors handed to an index are already validated (finite, ``float32``, C-contiguous, of
+    the index's dimension); an index does not validate again. Scores are larger-is-better:
+    cosine similarity, negative Euclidean distance (``l2``) or inner product (``ip``).
+    Implementations are safe for concurrent ``search`` calls; ``add``/``remove`` are called
+    with no concurrent ``search`` (the service holds the library's write lock).
+    """
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def metric(self) -> Metric: ...
+
+    def __len__(self) -> int:
+        """Number of live (not removed) vectors."""
+        ...
+
+    def add(self, labels: Labels, vectors: Matrix) -> None:
+        """Insert ``vectors[i]`` under ``labels[i]``; labels are new to this index."""
+        ...
+
+    def remove(self, labels: Labels) -> None:
+        """Remove labels; a removed label is never returned by ``search`` again.
+        Unknown labels are ignored."""
+        ...
+
+    def search(
+        self,
+        queries: Matrix,
+        k: int,
+        *,
+        allowed: Labels | None = None,
+        ef: int | None = None,
+    ) -> tuple[Labels, Scores]:
+        """The ``k`` best labels per query row, best first, with their scores.
+
+        ``queries`` is ``(n, dimension)``. The result arrays are ``(n, k)``; where fewer than
+        ``k`` labels qualify, rows are padded with label ``-1`` and score ``-inf``.
+        ``allowed``, when given, is a sorted array of labels: only those may be returned, and
+        the result is the ``k`` best *among them* (not the ``k`` best, then filtered).
+        ``ef`` widens an approximate index's search (ignored by an exact one).
+        """
+        ...
+
+    def get_vectors(self, labels: Labels) -> Matrix:
+        """The stored vectors of ``labels``, ``(len(labels), dimension)``."""
+        ...
+
+
+class IndexFactory(Protocol):
+    """Builds an empty index of a kind (``flat``, ``hnsw``) for one library."""
+
+    def __call__(
+        self, kind: str, dimension: int, metric: Metric, params: IndexParams
+    ) -> VectorIndex:
+        """Raises ``InvalidArgumentError`` for an unknown kind."""
+        ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns text into vectors."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimension(self) -> int | None:
+        """The dimension it produces, or ``None`` if it can produce any requested one."""
+        ...
+
+    def embed(self, texts: Sequence[str], dimension: int | None = None) -> Matrix:
+        """Embed ``texts`` into a ``(len(texts), d)`` float32 matrix of finite values.
+
+        ``dimension`` asks for ``d``; an embedder with a fixed dimension raises
+        ``DimensionMismatchError`` when it differs.
+        """
+        ...
+
+
+class Repository(Protocol):
+    """Storage of libraries and documents (with their chunks and embeddings).
+
+    Every write receives the event(s) that describe it, so that a durable store can log the
+    change and its event in one atomic record: after a write returns, both survive a crash;
+    if it raises ``StorageError``, neither is visible. Writes are called by the service under
+    its commit lock, one at a time. Reads may run concurrently with each other and with
+    writes, and see each write entirely or not at all.
+    """
+
+    def save_library(self, library: Library, event: Event | None) -> None:
+        """Create or replace a library's record (not its documents)."""
+        ...
+
+    def delete_library(self, library_id: str, event: Event) -> None:
+        """Delete a library and all of its documents."""
+        ...
+
+    def get_library(self, library_id: str) -> Library | None: ...
+
+    def list_libraries(self) -> list[Library]:
+        """Every library, in creation order."""
+        ...
+
+    def save_documents(
+        self, library: Library, documents: Sequence[Document], events: Sequence[Event]
+    ) -> None:
+        """Add or replace ``documents`` (with their chunks) and store ``library``'s new record
+        (its counts), atomically."""
+        ...
+
+    def delete_document(self, library: Library, document_id: str, event: Event) -> None:
+        """Delete one document and store ``library``'s new record, atomically."""
+        ...
+
+    def get_document(self, library_id: str, document_id: str) -> Document | None:
+        """A document with its chunks and their embeddings."""
+        ...
+
+    def list_documents(self, library_id: str, limit: int, cursor: str | None) -> Page:
+        """Documents in insertion order, without chunks. ``cursor`` comes from a previous
+        page's ``next_cursor``; a cursor this store did not issue raises
+        ``InvalidArgumentError``."""
+        ...
+
+    def iter_documents(self, library_id: str) -> Iterator[Document]:
+        """Every document of a library with its chunks and embeddings (used to build indexes
+        on open)."""
+        ...
+
+    def recent_events(self, limit: int) -> list[Event]:
+        """Up to ``limit`` of the latest stored events, oldest first (empty for a store that
+        keeps none). The service continues event ids after the last of them."""
+        ...
+
+    def check(self) -> None:
+        """Raise ``StorageError`` if the store cannot serve (readiness probe)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Subscription(Protocol):
+    """A subscriber's position in the change stream.
+
+    Delivers every matching event after its start point exactly once, in id order. It reads
+    from the bus's shared bounded history, so a subscriber costs no memory per event; one that
+    falls more than its buffer behind (or behind the retained history) is closed with
+    ``SlowConsumerError`` and never slows the others.
+    """
+
+    @property
+    def reset(self) -> bool:
+        """True when the requested start point was no longer retained (or unknown): the stream
+        then starts live, and the consumer must resynchronise."""
+        ...
+
+    @property
+    def last_id(self) -> str | None:
+        """The id of the last event delivered (the value to resume from)."""
+        ...
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        """Block for the next event; ``None`` after ``timeout`` seconds without one.
+        Raises ``SlowConsumerError`` or ``SubscriptionClosedError`` once closed."""
+        ...
+
+    async def aget(self, timeout: float | None = None) -> Event | None:
+        """``get`` for a coroutine on an asyncio event loop; never blocks the loop."""
+        ...
+
+    def poll(self) -> Event | None:
+        """The next event if one is ready, without waiting."""
+        ...
+
+    def close(self) -> None:
+        """Unsubscribe. Idempotent."""
+        ...
+
+
+class EventBus(Protocol):
+    """Publishes committed changes to subscribers and keeps a bounded history for resuming."""
+
+    def publish(self, event: Event) -> None:
+        """Append ``event`` (its id is one more than the last) and wake subscribers.
+        Never blocks on a subscriber."""
+        ...
+
+    def subscribe(
+        self,
+        library_id: str | None,
+        start: StartPoint,
+        types: frozenset[str] | None = None,
+        buffer: int | None = None,
+    ) -> Subscription:
+        """Register a subscriber (before returning: nothing published after this call is
+        missed) to one library's events (``None``: all) of ``types`` (``None``: all).
+        ``buffer`` bounds how many live events it may fall behind."""
+        ...
+
+    def restore(self, events: Sequence[Event]) -> None:
+        """Seed the history with stored events (at startup, before any publish)."""
+        ...
+
+    @property
+    def last_id(self) -> int:
+        """The id of the last event published or restored (0 if none)."""
+        ...
+
+    def close(self) -> None:
+        """Close every subscription (``SubscriptionClosedError`` after their backlog)."""
+        ...

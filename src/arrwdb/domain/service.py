@@ -1,0 +1,486 @@
+"""The application service: every use case of arrwDB, for every way in.
+
+``import arrwdb`` and every transport (REST, NDJSON, SSE, WebSocket) call this one class, so the
+rules live here once. It is synchronous and thread-safe; async callers run it in a worker thread.
+
+Write path (one commit lock keeps events in commit order):
+    validate + chunk + embed (no lock held)  ->  under the commit lock: assign event ids,
+    store (repository; durable stores log change and events together), index under the
+    library's write lock, publish the events  ->  return.
+A write that raises has changed nothing: validation happens before anything is stored, and a
+store failure leaves the index and the event stream untouched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from arrwdb.domain import validation as v
+from arrwdb.domain._documents import DocumentBuilder, PreparedBatch
+from arrwdb.domain._library_state import LibraryState
+from arrwdb.domain.chunking import Chunker
+from arrwdb.domain.errors import (
+    AlreadyExistsError,
+    DocumentNotFoundError,
+    InvalidArgumentError,
+    LibraryNotFoundError,
+)
+from arrwdb.domain.events import Event, StartPoint, check_event_types
+from arrwdb.domain.filters import compile_filter
+from arrwdb.domain.models import (
+    Document,
+    Library,
+    NewChunk,
+    NewDocument,
+    Page,
+    SearchHit,
+    SearchQuery,
+    SearchResult,
+    new_id,
+    utcnow,
+)
+from arrwdb.domain.ports import Embedder, EventBus, IndexFactory, Repository, Subscription
+
+MAX_PAGE = 1000
+
+
+class VectorDBService:
+    """The use cases. Every method raises the ``ArrwdbError`` subclasses its docstring names."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        bus: EventBus,
+        index_factory: IndexFactory,
+        embedders: Mapping[str, Embedder],
+        chunker: Chunker | None = None,
+        *,
+        default_embedder: str = "hashing",
+        history_size: int = 10_000,
+    ) -> None:
+        if default_embedder not in embedders:
+            raise InvalidArgumentError(f"default embedder {default_embedder!r} is not configured")
+        self._repo = repository
+        self._bus = bus
+        self._make_index = index_factory
+        self._embedders = dict(embedders)
+        self._default_embedder = default_embedder
+        self._builder = DocumentBuilder(chunker or Chunker(), self._embedders)
+        self._history_size = history_size
+        self._commit = threading.RLock()
+        self._states: dict[str, LibraryState] = {}
+        self._names: dict[str, str] = {}
+        self._last_event = 0
+        self._loaded = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Build every library's index from the repository and restore the event history."""
+        with self._commit:
+            if self._loaded:
+                return
+            for library in self._repo.list_libraries():
+                state = LibraryState(library, self._make_index)
+                docs = list(self._repo.iter_documents(library.id))
+                if docs:
+                    matrix = self._builder.stack_embeddings(docs)
+                    with state.lock.write():
+                        state.apply_documents(docs, matrix)
+                self._states[library.id] = state
+                self._names[library.name] = library.id
+            events = self._repo.recent_events(self._history_size)
+            if events:
+                self._bus.restore(events)
+            self._last_event = self._bus.last_id
+            self._loaded = True
+
+    def close(self) -> None:
+        self._bus.close()
+        self._repo.close()
+
+    def check_ready(self) -> None:
+        """Raise ``StorageError`` when the store cannot serve."""
+        self._repo.check()
+
+    # -- libraries ----------------------------------------------------------------------------
+
+    def create_library(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        dimension: int | None = None,
+        metric: str = "cosine",
+        index: str = "hnsw",
+        index_params: Mapping[str, int] | None = None,
+        embedder: str | None = None,
+    ) -> Library:
+        """Raises ``AlreadyExistsError`` for a taken name, ``ValidationError`` for bad fields."""
+        embedder_name = embedder or self._default_embedder
+        if embedder_name not in self._embedders:
+            raise InvalidArgumentError(
+                f"unknown embedder {embedder_name!r}; configured: "
+                f"{', '.join(sorted(self._embedders))}",
+                field="embedder",
+            )
+        fixed = self._embedders[embedder_name].dimension
+        dim = v.check_dimension(dimension)
+        library = Library(
+            id=new_id(),
+            name=v.check_name(name),
+            description=v.check_text(description or "", "description"),
+            metadata=v.check_metadata(metadata),
+            dimension=dim if dim is not None else fixed,
+            metric=v.check_metric(metric),
+            index=v.check_index_kind(index),  # type: ignore[arg-type]
+            index_params=v.check_index_params(index_params),
+            embedder=embedder_name,
+        )
+        with self._commit:
+            if library.name in self._names:
+                raise AlreadyExistsError(
+                    f"a library named {library.name!r} already exists", name=library.name
+                )
+            state = LibraryState(library, self._make_index)
+            event = self._event("library.created", library.id, _library_data(library))
+            self._repo.save_library(library, event)
+            self._states[library.id] = state
+            self._names[library.name] = library.id
+            self._publish([event])
+        return library
+
+    def get_library(self, library_id: str) -> Library:
+        return self._state(library_id).library
+
+    def find_library(self, name: str) -> Library:
+        """The library named ``name``; raises ``LibraryNotFoundError``."""
+        library_id = self._names.get(name)
+        if library_id is None:
+            raise LibraryNotFoundError(name)
+        return self.get_library(library_id)
+
+    def list_libraries(self) -> list[Library]:
+        return [state.library for state in list(self._states.values())]
+
+    def update_library(
+        self,
+        library_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Library:
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = v.check_name(name)
+        if description is not None:
+            changes["description"] = v.check_text(description, "description")
+        if metadata is not None:
+            changes["metadata"] = v.check_metadata(metadata)
+        with self._commit:
+            state = self._state(library_id)
+            old = state.library
+            new_name = changes.get("name", old.name)
+            if new_name != old.name and new_name in self._names:
+                raise AlreadyExistsError(
+                    f"a library named {new_name!r} already exists", name=new_name
+                )
+            library = replace(old, **changes, updated_at=utcnow())
+            data = {**_library_data(library), "changed": sorted(changes)}
+            event = self._event("library.updated", library.id, data)
+            self._repo.save_library(library, event)
+            state.library = library
+            if new_name != old.name:
+                del self._names[old.name]
+                self._names[new_name] = library.id
+            self._publish([event])
+        return library
+
+    def delete_library(self, library_id: str) -> None:
+        """Delete a library with all of its documents; raises ``LibraryNotFoundError``."""
+        with self._commit:
+            state = self._state(library_id)
+            event = self._event("library.deleted", library_id, {"name": state.library.name})
+            self._repo.delete_library(library_id, event)
+            with state.lock.write():
+                del self._states[library_id]
+                del self._names[state.library.name]
+            self._publish([event])
+
+    # -- documents ----------------------------------------------------------------------------
+
+    def add_documents(
+        self, library_id: str, documents: Iterable[NewDocument | Mapping[str, Any]]
+    ) -> list[Document]:
+        """Add documents in one commit (all or none): the fast path for bulk loads.
+
+        Raises ``LibraryNotFoundError``, ``AlreadyExistsError`` (a given id is taken) and
+        ``ValidationError`` (naming the document and chunk) before anything is stored.
+        """
+        state = self._state(library_id)
+        batch = self._builder.prepare(state.library, [_as_new_document(d) for d in documents])
+        with self._commit:
+            state = self._state(library_id)
+            library = state.library
+            batch = self._builder.revalidate(library, batch)
+            taken = [d.id for d in batch.documents if d.id in state.titles]
+            if taken or len({d.id for d in batch.documents}) != len(batch.documents):
+                raise AlreadyExistsError(f"document id {taken[0] if taken else ''} is taken")
+            return self._commit_documents(state, batch, "document.added")
+
+    def add_document(self, library_id: str, document: NewDocument | Mapping[str, Any]) -> Document:
+        return self.add_documents(library_id, [document])[0]
+
+    def get_document(
+        self, library_id: str, document_id: str, *, include_embedding: bool = True
+    ) -> Document:
+        """A document with its chunks; raises ``NotFoundError``."""
+        self._state(library_id)
+        doc = self._repo.get_document(library_id, document_id)
+        if doc is None:
+            raise DocumentNotFoundError(document_id, library_id)
+        if not include_embedding:
+            doc = replace(doc, chunks=tuple(replace(c, embedding=None) for c in doc.chunks))
+        return doc
+
+    def list_documents(
+        self, library_id: str, *, limit: int = 100, cursor: str | None = None
+    ) -> Page:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidArgumentError(f"limit must be from 1 to {MAX_PAGE}", field="limit")
+        self._state(library_id)
+        return self._repo.list_documents(library_id, limit, cursor)
+
+    def update_document(
+        self,
+        library_id: str,
+        document_id: str,
+        *,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        text: str | None = None,
+        chunks: Sequence[NewChunk | Mapping[str, Any]] | None = None,
+    ) -> Document:
+        """Change a document's title/metadata, or replace its content (``text`` or ``chunks``:
+        re-chunked and re-embedded). Raises ``NotFoundError``, ``ValidationError``."""
+        state = self._state(library_id)
+        old = self.get_document(library_id, document_id)
+        new_title = old.title if title is None else v.check_text(title, "title")
+        new_meta = old.metadata if metadata is None else v.check_metadata(metadata)
+        if text is None and chunks is None:
+            doc = replace(old, title=new_title, metadata=new_meta, updated_at=utcnow())
+            with self._commit:
+                state = self._state(library_id)
+                if document_id not in state.titles:
+                    raise DocumentNotFoundError(document_id, library_id)
+                library = replace(state.library, updated_at=doc.updated_at)
+                event = self._event("document.updated", library_id, _document_data(doc))
+                self._repo.save_documents(library, [doc], [event])
+                with state.lock.write():
+                    state.update_document_fields(doc)
+                    state.library = library
+                self._publish([event])
+            return replace(doc, chunks=())
+        new = NewDocument(
+            id=document_id,
+            title=new_title,
+            metadata=new_meta,
+            text=text,
+            chunks=None if chunks is None else [_as_new_chunk(c) for c in chunks],
+        )
+        batch = self._builder.prepare(state.library, [new], created_at=old.created_at)
+        with self._commit:
+            state = self._state(library_id)
+            if document_id not in state.titles:
+                raise DocumentNotFoundError(document_id, library_id)
+            batch = self._builder.revalidate(state.library, batch)
+            return self._commit_documents(state, batch, "document.updated")[0]
+
+    def delete_document(self, library_id: str, document_id: str) -> None:
+        """Raises ``NotFoundError``."""
+        with self._commit:
+            state = self._state(library_id)
+            if document_id not in state.titles:
+                raise DocumentNotFoundError(document_id, library_id)
+            old = state.library
+            removed = len(state.doc_labels.get(document_id, ()))
+            library = replace(
+                old,
+                document_count=old.document_count - 1,
+                chunk_count=old.chunk_count - removed,
+                updated_at=utcnow(),
+            )
+            data = {"document_id": document_id, "title": state.titles[document_id]}
+            event = self._event("document.deleted", library_id, data)
+            self._repo.delete_document(library, document_id, event)
+            with state.lock.write():
+                state.remove_document(document_id)
+                state.library = library
+            self._publish([event])
+
+    def _commit_documents(
+        self, state: LibraryState, batch: PreparedBatch, event_type: str
+    ) -> list[Document]:
+        old = state.library
+        replaced = sum(len(state.doc_labels.get(d.id, ())) for d in batch.documents)
+        added = sum(1 for d in batch.documents if d.id not in state.titles)
+        library = replace(
+            old,
+            dimension=old.dimension or batch.dimension,
+            document_count=old.document_count + added,
+            chunk_count=old.chunk_count + batch.vectors.shape[0] - replaced,
+            updated_at=utcnow(),
+        )
+        events = [
+            self._event(event_type, old.id, _document_data(d), offset=i)
+            for i, d in enumerate(batch.documents)
+        ]
+        self._repo.save_documents(library, batch.documents, events)
+        with state.lock.write():
+            state.library = library
+            state.apply_documents(batch.documents, batch.vectors)
+        self._publish(events)
+        return [replace(d, chunks=()) for d in batch.documents]
+
+    # -- search -------------------------------------------------------------------------------
+
+    def search(self, library_id: str, query: SearchQuery) -> SearchResult:
+        """The ``k`` best chunks (matching ``filter``), best first. Raises ``NotFoundError``,
+        ``ValidationError`` (k, ef, filter, vector)."""
+        return self.search_many(library_id, [query])[0]
+
+    def search_many(self, library_id: str, queries: Sequence[SearchQuery]) -> list[SearchResult]:
+        """Several searches of one library; each result is as ``search`` gives it."""
+        state = self._state(library_id)
+        results = []
+        for query in queries:
+            started = time.perf_counter()
+            k = v.check_k(query.k)
+            ef = v.check_ef(query.ef)
+            predicate = compile_filter(query.filter) if query.filter else None
+            library = state.library
+            vector = self._builder.query_vector(library, query)
+            with state.lock.read():
+                hits = state.search(vector[None, :], k, predicate, ef)[0] if len(vector) else []
+            if query.include_embedding:
+                hits = self._with_embeddings(library_id, hits)
+            took = (time.perf_counter() - started) * 1000.0
+            results.append(SearchResult(results=hits, took_ms=took))
+        return results
+
+    def _with_embeddings(self, library_id: str, hits: list[SearchHit]) -> list[SearchHit]:
+        docs: dict[str, Document | None] = {}
+        out = []
+        for hit in hits:
+            if hit.document_id not in docs:
+                docs[hit.document_id] = self._repo.get_document(library_id, hit.document_id)
+            doc = docs[hit.document_id]
+            chunk = next((c for c in doc.chunks if c.id == hit.chunk_id), None) if doc else None
+            out.append(replace(hit, embedding=chunk.embedding if chunk else None))
+        return out
+
+    # -- events -------------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        library_id: str | None = None,
+        *,
+        since: str | int | None = None,
+        types: Iterable[str] | str | None = None,
+        buffer: int | None = None,
+    ) -> Subscription:
+        """Subscribe to one library's changes (``None``: all), from ``since`` (an event id,
+        ``"earliest"``, or ``None`` for live only). Raises ``NotFoundError``, ``ValidationError``.
+        """
+        if library_id is not None:
+            self._state(library_id)
+        start = StartPoint.parse(since)
+        wanted = check_event_types(list(types) if types and not isinstance(types, str) else types)
+        if buffer is not None and (isinstance(buffer, bool) or not isinstance(buffer, int)):
+            raise InvalidArgumentError("buffer must be a positive integer", field="buffer")
+        if buffer is not None and buffer < 1:
+            raise InvalidArgumentError("buffer must be a positive integer", field="buffer")
+        return self._bus.subscribe(library_id, start, wanted, buffer)
+
+    @property
+    def last_event_id(self) -> int:
+        return self._last_event
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _state(self, library_id: str) -> LibraryState:
+        state = self._states.get(library_id) if isinstance(library_id, str) else None
+        if state is None:
+            raise LibraryNotFoundError(str(library_id))
+        return state
+
+    def _event(
+        self, event_type: str, library_id: str, data: Mapping[str, Any], offset: int = 0
+    ) -> Event:
+        # ids are taken only when published, so a failed write consumes none
+        return Event(
+            id=str(self._last_event + 1 + offset), type=event_type, library_id=library_id, data=data
+        )
+
+    def _publish(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._bus.publish(event)
+            self._last_event = event.seq
+
+
+def _library_data(library: Library) -> dict[str, Any]:
+    return {
+        "name": library.name,
+        "dimension": library.dimension,
+        "metric": library.metric,
+        "index": library.index,
+    }
+
+
+def _document_data(doc: Document) -> dict[str, Any]:
+    return {"document_id": doc.id, "title": doc.title, "num_chunks": doc.num_chunks}
+
+
+def _as_new_document(doc: NewDocument | Mapping[str, Any]) -> NewDocument:
+    if isinstance(doc, NewDocument):
+        return doc
+    if not isinstance(doc, Mapping):
+        raise InvalidArgumentError("a document must be an object", field="documents")
+    unknown = set(doc) - {"title", "text", "chunks", "metadata", "id"}
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown document field(s) {', '.join(sorted(map(str, unknown)))}", field="documents"
+        )
+    chunks = doc.get("chunks")
+    if chunks is not None and not isinstance(chunks, list | tuple):
+        raise InvalidArgumentError("chunks must be a list", field="chunks")
+    return NewDocument(
+        title=doc.get("title", ""),
+        text=doc.get("text"),
+        chunks=None if chunks is None else [_as_new_chunk(c) for c in chunks],
+        metadata=doc.get("metadata") or {},
+        id=doc.get("id"),
+    )
+
+
+def _as_new_chunk(chunk: NewChunk | Mapping[str, Any]) -> NewChunk:
+    if isinstance(chunk, NewChunk):
+        return chunk
+    if not isinstance(chunk, Mapping):
+        raise InvalidArgumentError("a chunk must be an object", field="chunks")
+    unknown = set(chunk) - {"text", "embedding", "metadata"}
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown chunk field(s) {', '.join(sorted(map(str, unknown)))}", field="chunks"
+        )
+    return NewChunk(
+        text=chunk.get("text", ""),
+        embedding=chunk.get("embedding"),
+        metadata=chunk.get("metadata") or {},
+    )

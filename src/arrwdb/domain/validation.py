@@ -1,0 +1,193 @@
+"""Input rules of the domain, checked once at the service boundary.
+
+Every function raises a ``ValidationError`` subclass naming the offending field, so that all
+transports report the same message and code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import numpy as np
+
+from arrwdb.domain.errors import (
+    DimensionMismatchError,
+    InvalidArgumentError,
+    InvalidVectorError,
+)
+from arrwdb.domain.models import INDEX_KINDS, METRICS, IndexParams, Matrix, Metric, Vector
+
+MAX_K: Final = 1000
+MAX_EF: Final = 10_000
+MAX_DIMENSION: Final = 65_536
+MAX_NAME_LENGTH: Final = 256
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidArgumentError(f"k must be an integer from 1 to {MAX_K}, not {k!r}", field="k")
+    return k
+
+
+def check_ef(ef: object) -> int | None:
+    if ef is None:
+        return None
+    if isinstance(ef, bool) or not isinstance(ef, int) or not 1 <= ef <= MAX_EF:
+        raise InvalidArgumentError(
+            f"ef must be an integer from 1 to {MAX_EF}, not {ef!r}", field="ef"
+        )
+    return ef
+
+
+def check_name(name: object, field: str = "name") -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidArgumentError(f"{field} must be a non-empty string", field=field)
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidArgumentError(
+            f"{field} must be at most {MAX_NAME_LENGTH} characters", field=field
+        )
+    return name
+
+
+def check_text(text: object, field: str) -> str:
+    if not isinstance(text, str):
+        raise InvalidArgumentError(f"{field} must be a string", field=field)
+    return text
+
+
+def check_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
+    """An object whose values are scalars or lists of scalars (copied, so callers can't mutate
+    what was stored)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidArgumentError(f"{field} must be an object", field=field)
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise InvalidArgumentError(f"{field} keys must be strings", field=field)
+        if isinstance(value, list | tuple):
+            if not all(isinstance(v, _SCALARS) for v in value):
+                raise InvalidArgumentError(
+                    f"{field}.{key}: lists may hold only strings, numbers, booleans and null",
+                    field=f"{field}.{key}",
+                )
+            value = list(value)
+        elif not isinstance(value, _SCALARS):
+            raise InvalidArgumentError(
+                f"{field}.{key} must be a string, number, boolean, null or a list of those",
+                field=f"{field}.{key}",
+            )
+        if isinstance(value, float) and not np.isfinite(value):
+            raise InvalidArgumentError(f"{field}.{key} must be finite", field=f"{field}.{key}")
+        out[key] = value
+    return out
+
+
+def check_metric(metric: object) -> Metric:
+    if metric not in METRICS:
+        raise InvalidArgumentError(
+            f"metric must be one of {', '.join(METRICS)}, not {metric!r}", field="metric"
+        )
+    return metric
+
+
+def check_index_kind(kind: object) -> str:
+    if kind not in INDEX_KINDS:
+        raise InvalidArgumentError(
+            f"index must be one of {', '.join(INDEX_KINDS)}, not {kind!r}", field="index"
+        )
+    return str(kind)
+
+
+def check_dimension(dimension: object) -> int | None:
+    if dimension is None:
+        return None
+    if (
+        isinstance(dimension, bool)
+        or not isinstance(dimension, int)
+        or not 1 <= dimension <= MAX_DIMENSION
+    ):
+        raise InvalidArgumentError(
+            f"dimension must be an integer from 1 to {MAX_DIMENSION}, not {dimension!r}",
+            field="dimension",
+        )
+    return dimension
+
+
+def check_index_params(params: object) -> IndexParams:
+    if params is None:
+        return IndexParams()
+    if isinstance(params, IndexParams):
+        raw: Mapping[str, object] = params.as_dict()
+    elif isinstance(params, Mapping):
+        raw = params
+    else:
+        raise InvalidArgumentError("index_params must be an object", field="index_params")
+    unknown = set(raw) - {"m", "ef_construction", "ef_search"}
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown index_params {', '.join(sorted(unknown))}; known: m, ef_construction, "
+            "ef_search",
+            field="index_params",
+        )
+    limits = {"m": (2, 128), "ef_construction": (1, MAX_EF), "ef_search": (1, MAX_EF)}
+    values: dict[str, int] = IndexParams().as_dict()
+    for key, value in raw.items():
+        lo, hi = limits[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise InvalidArgumentError(
+                f"index_params.{key} must be an integer from {lo} to {hi}",
+                field=f"index_params.{key}",
+            )
+        values[key] = value
+    return IndexParams(**values)
+
+
+def as_matrix(
+    vectors: Sequence[Sequence[float] | Vector] | Matrix,
+    dimension: int | None,
+    metric: Metric,
+    field: str = "embedding",
+) -> Matrix:
+    """Stack vectors into a C-contiguous float32 ``(n, d)`` matrix, checking every rule."""
+    try:
+        matrix = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidVectorError(
+            f"{field} must be a list of numbers of one length", field=field
+        ) from exc
+    if matrix.ndim != 2:
+        raise InvalidVectorError(f"{field} must be a flat list of numbers", field=field)
+    if matrix.shape[1] == 0:
+        raise InvalidVectorError(f"{field} must not be empty", field=field)
+    if dimension is not None and matrix.shape[1] != dimension:
+        raise DimensionMismatchError(dimension, int(matrix.shape[1]), what=field)
+    if not np.isfinite(matrix).all():
+        raise InvalidVectorError(f"{field} contains NaN or infinity", field=field)
+    if metric == "cosine" and matrix.size and not np.all(np.any(matrix != 0, axis=1)):
+        raise InvalidVectorError(
+            f"{field} is a zero vector, which has no direction for cosine", field=field
+        )
+    return np.ascontiguousarray(matrix)
+
+
+def as_vector(
+    vector: Sequence[float] | Vector, dimension: int | None, metric: Metric, field: str
+) -> Vector:
+    """One query or chunk vector as float32, checking every rule."""
+    arr = np.asarray(vector, dtype=np.float32) if _numeric(vector) else None
+    if arr is None or arr.ndim != 1:
+        raise InvalidVectorError(f"{field} must be a flat list of numbers", field=field)
+    result: Vector = as_matrix(arr[None, :], dimension, metric, field)[0]
+    return result
+
+
+def _numeric(vector: object) -> bool:
+    if isinstance(vector, np.ndarray):
+        return vector.dtype.kind in "fiub"
+    if isinstance(vector, str | bytes | Mapping) or not isinstance(vector, Sequence):
+        return False
+    return all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in vector)
