@@ -120,10 +120,10 @@ def oracle(spec: Mapping[str, Any], metadata: Mapping[str, Any]) -> bool:
 # --- strategies ------------------------------------------------------------------------------
 
 FIELDS = ["a", "b", "n", "tags"]
+# Few distinct numbers, so that equal values (1 and 1.0, 0.0 and -0.0) meet often.
 numbers = st.one_of(
-    st.integers(-3, 3),
-    st.sampled_from([0.0, -0.0, 1.0, 1.5, -2.5, 3.0, math.inf, -math.inf, math.nan]),
-    st.floats(-4, 4, allow_nan=False),
+    st.integers(-2, 2),
+    st.sampled_from([0.0, -0.0, 1.0, 1.5, 2.0, math.inf, -math.inf, math.nan]),
 )
 strings = st.sampled_from(["", "a", "b", "ab", "B", "é", "1", "true"])
 scalars = st.one_of(numbers, strings, st.booleans(), st.none())
@@ -171,6 +171,14 @@ filters = st.recursive(field_filters, _extend, max_leaves=8)
 def test_compiled_filter_agrees_with_the_oracle(
     spec: dict[str, Any], metadata: dict[str, Any]
 ) -> None:
+    assert compile_filter(spec)(metadata) == oracle(spec, metadata)
+
+
+@settings(max_examples=1000)
+@given(clause=operator_clauses, value=st.one_of(values, st.just(MISSING)))
+def test_each_operator_agrees_with_the_oracle(clause: tuple[str, Any], value: Any) -> None:
+    spec = {"f": dict([clause])}
+    metadata = {} if value is MISSING else {"f": value}
     assert compile_filter(spec)(metadata) == oracle(spec, metadata)
 
 

@@ -54,7 +54,8 @@ unsupported type, or a list holding a non-scalar; ``$in``/``$nin`` without a lis
 ``$exists`` without a bool; a comparison operand that is not a number or a string.
 
 Evaluation is cheap: an empty filter compiles to :data:`MATCH_ALL` (compare with ``is`` to
-skip evaluation altogether), and each field is looked up once per field clause.
+skip evaluation altogether), and an operator on a plain ``str``/``int``/``float``/``bool``/
+``None`` value costs one dictionary lookup and one C-level comparison or set lookup.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from __future__ import annotations
 import numbers
 import operator
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Final
 
 from arrwdb.domain.errors import InvalidFilterError
@@ -69,7 +71,7 @@ from arrwdb.domain.errors import InvalidFilterError
 Predicate = Callable[[Mapping[str, Any]], bool]
 """A compiled filter: metadata in, "does it match" out."""
 
-_Test = Callable[[Any], bool]  # a test of one (raw) metadata value, possibly _MISSING
+_Test = Callable[[Any], bool]  # a test of one scalar value (not a list), possibly _MISSING
 
 
 def _match_all(metadata: Mapping[str, Any]) -> bool:
@@ -93,6 +95,14 @@ _COMPARISONS: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "$lt": operator.lt,
     "$lte": operator.le,
 }
+_MIRRORED: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    "$gt": operator.lt,
+    "$gte": operator.le,
+    "$lt": operator.gt,
+    "$lte": operator.ge,
+}
+_SEQUENCES: Final = (list, tuple)
+_SCALAR_TYPES: Final = (str, int, float, bool, type(None))
 
 
 def compile_filter(spec: Mapping[str, Any] | None) -> Predicate:
@@ -139,14 +149,13 @@ def _compile_combinator(op: str, operand: object, fields: set[str]) -> Predicate
                 f"'$not' needs a filter object, got {_type_name(operand)}", operator=op
             )
         inner = _compile(operand, fields)
-        if inner is MATCH_ALL:
-            return _match_none
-        return lambda metadata: not inner(metadata)
+        return _match_none if inner is MATCH_ALL else _negation(inner)
     if op not in COMBINATORS:
         raise InvalidFilterError(f"unknown filter operator {op!r}", operator=op)
-    if not isinstance(operand, list | tuple) or not operand:
+    if not isinstance(operand, _SEQUENCES) or not operand:
         raise InvalidFilterError(
-            f"{op!r} needs a non-empty list of filter objects, got {_describe(operand)}",
+            f"{op!r} needs a non-empty list of filter objects, got "
+            f"{'an empty list' if isinstance(operand, _SEQUENCES) else _type_name(operand)}",
             operator=op,
         )
     for item in operand:
@@ -184,43 +193,30 @@ def _any_of(parts: list[Predicate]) -> Predicate:
 
 
 def _compile_field(field: str, clause: object) -> Predicate:
-    if isinstance(clause, Mapping):
-        if not clause:
-            raise InvalidFilterError(f"field {field!r} has an empty operator object", field=field)
-        if not all(isinstance(k, str) and k.startswith("$") for k in clause):
-            raise InvalidFilterError(
-                f"field {field!r} is compared with an object; values must be scalars or "
-                "lists, and operator names start with '$'",
-                field=field,
-            )
-        tests = [_compile_operator(field, op, operand) for op, operand in clause.items()]
-    else:
-        tests = [_eq_test(field, "$eq", clause)]
-    if len(tests) == 1:
-        test = tests[0]
-        return lambda metadata: test(metadata.get(field, _MISSING))
-    frozen = tuple(tests)
-
-    def check_all(metadata: Mapping[str, Any]) -> bool:
-        value = metadata.get(field, _MISSING)
-        return all(t(value) for t in frozen)
-
-    return check_all
+    if not isinstance(clause, Mapping):
+        return _equals(field, "$eq", clause)
+    if not clause:
+        raise InvalidFilterError(f"field {field!r} has an empty operator object", field=field)
+    if not all(isinstance(k, str) and k.startswith("$") for k in clause):
+        raise InvalidFilterError(
+            f"field {field!r} is compared with an object; values must be scalars or "
+            "lists, and operator names start with '$'",
+            field=field,
+        )
+    return _all_of([_compile_operator(field, op, operand) for op, operand in clause.items()])
 
 
-def _compile_operator(field: str, op: str, operand: object) -> _Test:
+def _compile_operator(field: str, op: str, operand: object) -> Predicate:
     if op == "$eq":
-        return _eq_test(field, op, operand)
+        return _equals(field, op, operand)
     if op == "$ne":
-        eq = _eq_test(field, op, operand)
-        return lambda value: not eq(value)
+        return _negation(_equals(field, op, operand))
     if op in _COMPARISONS:
-        return _comparison_test(field, op, operand)
+        return _compares(field, op, operand)
     if op == "$in":
-        return _in_test(field, op, operand)
+        return _is_in(field, op, operand)
     if op == "$nin":
-        is_in = _in_test(field, op, operand)
-        return lambda value: not is_in(value)
+        return _negation(_is_in(field, op, operand))
     if op == "$exists":
         if not isinstance(operand, bool):
             raise InvalidFilterError(
@@ -230,44 +226,52 @@ def _compile_operator(field: str, op: str, operand: object) -> _Test:
                 operator=op,
             )
         if operand:
-            return lambda value: value is not _MISSING
-        return lambda value: value is _MISSING
+            return lambda metadata: field in metadata
+        return lambda metadata: field not in metadata
     raise InvalidFilterError(
         f"unknown filter operator {op!r} (on field {field!r})", field=field, operator=op
     )
 
 
-def _eq_test(field: str, op: str, operand: object) -> _Test:
-    if isinstance(operand, list | tuple):
-        item_tests = tuple(_scalar_equals(field, op, item, in_list=True) for item in operand)
-        size = len(item_tests)
-
-        def whole_equals(value: Any) -> bool:
-            return (
-                isinstance(value, list | tuple)
-                and len(value) == size
-                and all(t(v) for t, v in zip(item_tests, value, strict=True))
-            )
-
-        def list_equals(value: Any) -> bool:
-            if whole_equals(value):
-                return True
-            return isinstance(value, list | tuple) and any(whole_equals(v) for v in value)
-
-        return list_equals
-    return _elementwise(_scalar_equals(field, op, operand, in_list=False))
+def _negation(predicate: Predicate) -> Predicate:
+    return lambda metadata: not predicate(metadata)
 
 
-def _scalar_equals(field: str, op: str, operand: object, *, in_list: bool) -> _Test:
-    """A test of one scalar metadata value (not a list) for typed equality with ``operand``."""
+def _equals(field: str, op: str, operand: object) -> Predicate:
+    if not isinstance(operand, _SEQUENCES):
+        return _lift(field, *_scalar_equals(field, op, operand, in_list=False))
+    item_tests = tuple(_scalar_equals(field, op, item, in_list=True)[0] for item in operand)
+    size = len(item_tests)
+
+    def equals_whole(value: Any) -> bool:
+        return (
+            isinstance(value, _SEQUENCES)
+            and len(value) == size
+            and all(t(v) for t, v in zip(item_tests, value, strict=True))
+        )
+
+    def predicate(metadata: Mapping[str, Any]) -> bool:
+        value = metadata.get(field, _MISSING)
+        if not isinstance(value, _SEQUENCES):
+            return False
+        return equals_whole(value) or any(map(equals_whole, value))
+
+    return predicate
+
+
+def _scalar_equals(
+    field: str, op: str, operand: object, *, in_list: bool
+) -> tuple[_Test, dict[type, _Test]]:
+    """Typed equality with ``operand``: a test of any scalar, and fast tests by exact type."""
     if isinstance(operand, str):
-        return lambda v: isinstance(v, str) and v == operand
+        return (lambda v: isinstance(v, str) and v == operand), {str: operand.__eq__}
     if operand is None:
-        return lambda v: v is None
+        return (lambda v: v is None), {type(None): _always}
     if isinstance(operand, bool):
-        return lambda v: v is operand
+        return (lambda v: v is operand), {bool: partial(operator.is_, operand)}
     if _is_number(operand):
-        return lambda v: _is_number(v) and v == operand
+        fast = partial(operator.eq, operand)
+        return (lambda v: _is_number(v) and v == operand), {int: fast, float: fast}
     if isinstance(operand, Mapping):
         raise InvalidFilterError(
             f"field {field!r} is compared with an object; values must be scalars or lists, "
@@ -284,12 +288,16 @@ def _scalar_equals(field: str, op: str, operand: object, *, in_list: bool) -> _T
     )
 
 
-def _comparison_test(field: str, op: str, operand: object) -> _Test:
+def _compares(field: str, op: str, operand: object) -> Predicate:
     compare = _COMPARISONS[op]
+    # fast(v) is compare(v, operand), written as the mirrored comparison operand <op'> v.
+    fast = partial(_MIRRORED[op], operand)
     if isinstance(operand, str):
-        return _elementwise(lambda v: isinstance(v, str) and compare(v, operand))
+        return _lift(field, lambda v: isinstance(v, str) and compare(v, operand), {str: fast})
     if _is_number(operand):
-        return _elementwise(lambda v: _is_number(v) and compare(v, operand))
+        return _lift(
+            field, lambda v: _is_number(v) and compare(v, operand), {int: fast, float: fast}
+        )
     raise InvalidFilterError(
         f"operator {op!r} on field {field!r} needs a number or a string, got {_type_name(operand)}",
         field=field,
@@ -297,8 +305,8 @@ def _comparison_test(field: str, op: str, operand: object) -> _Test:
     )
 
 
-def _in_test(field: str, op: str, operand: object) -> _Test:
-    if not isinstance(operand, list | tuple):
+def _is_in(field: str, op: str, operand: object) -> Predicate:
+    if not isinstance(operand, _SEQUENCES):
         raise InvalidFilterError(
             f"operator {op!r} on field {field!r} needs a list, got {_type_name(operand)}",
             field=field,
@@ -327,30 +335,58 @@ def _in_test(field: str, op: str, operand: object) -> _Test:
                 field=field,
                 operator=op,
             )
+    in_strings = frozenset(strings).__contains__
+    in_numbers = frozenset(numbers_).__contains__
+    in_bools = frozenset(bools).__contains__
+    none_test = _always if has_none else _never
 
     def member(v: Any) -> bool:
         if isinstance(v, str):
-            return v in strings
+            return in_strings(v)
         if v is None:
             return has_none
         if isinstance(v, bool):
-            return v in bools
+            return in_bools(v)
         if _is_number(v):
-            return v == v and v in numbers_
+            return v == v and in_numbers(v)
         return False
 
-    return _elementwise(member)
+    fast: dict[type, _Test] = {
+        str: in_strings,
+        int: in_numbers,
+        float: in_numbers,  # NaN is not in the set and, by identity, matches nothing there
+        bool: in_bools,
+        type(None): none_test,
+    }
+    return _lift(field, member, fast)
 
 
-def _elementwise(test: _Test) -> _Test:
-    """Lift a scalar test to a metadata value: a list matches if any element does."""
+def _lift(field: str, test: _Test, fast: dict[type, _Test]) -> Predicate:
+    """The predicate "the field's value passes ``test``": a list or tuple passes if any of its
+    elements does, a missing field never. ``fast`` gives, by exact class, tests equivalent to
+    ``test`` that skip its type checks; other plain scalars fail without calling ``test``."""
+    table: dict[type, _Test] = dict.fromkeys(_SCALAR_TYPES, _never)
+    table.update(fast)
+    quick_test = table.get
 
-    def check(value: Any) -> bool:
-        if isinstance(value, list | tuple):
+    def predicate(metadata: Mapping[str, Any]) -> bool:
+        value = metadata.get(field, _MISSING)
+        quick = quick_test(value.__class__)
+        if quick is not None:
+            return quick(value)
+        if isinstance(value, _SEQUENCES):
             return any(map(test, value))
         return test(value)
 
-    return check
+    return predicate
+
+
+def _always(value: Any) -> bool:
+    return True
+
+
+def _never(value: Any) -> bool:
+    return False
 
 
 def _is_number(value: object) -> bool:
@@ -365,10 +401,6 @@ def _type_name(value: object) -> str:
         return "null"
     if isinstance(value, Mapping):
         return "object"
-    if isinstance(value, list | tuple):
+    if isinstance(value, _SEQUENCES):
         return "list"
     return type(value).__name__
-
-
-def _describe(value: object) -> str:
-    return "an empty list" if isinstance(value, list | tuple) else _type_name(value)

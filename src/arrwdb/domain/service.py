@@ -30,7 +30,7 @@ from arrwdb.domain.errors import (
     LibraryNotFoundError,
 )
 from arrwdb.domain.events import Event, StartPoint, check_event_types
-from arrwdb.domain.filters import compile_filter
+from arrwdb.domain.filters import MATCH_ALL, compile_filter
 from arrwdb.domain.models import (
     Document,
     Library,
@@ -363,11 +363,17 @@ class VectorDBService:
             started = time.perf_counter()
             k = v.check_k(query.k)
             ef = v.check_ef(query.ef)
-            predicate = compile_filter(query.filter) if query.filter else None
+            predicate = compile_filter(query.filter)
             library = state.library
             vector = self._builder.query_vector(library, query)
             with state.lock.read():
-                hits = state.search(vector[None, :], k, predicate, ef)[0] if len(vector) else []
+                hits = (
+                    state.search(
+                        vector[None, :], k, None if predicate is MATCH_ALL else predicate, ef
+                    )[0]
+                    if len(vector)
+                    else []
+                )
             if query.include_embedding:
                 hits = self._with_embeddings(library_id, hits)
             took = (time.perf_counter() - started) * 1000.0
