@@ -55,13 +55,15 @@ def stored(x: Matrix, metric: Metric) -> F64:
     if metric != "cosine":
         return x64
     norms = np.linalg.norm(x64, axis=-1, keepdims=True)
-    return np.divide(x64, norms, out=np.zeros_like(x64), where=norms > 0)
+    normalised: F64 = np.divide(x64, norms, out=np.zeros_like(x64), where=norms > 0)
+    return normalised
 
 
 def oracle_scores(queries: Matrix, x: Matrix, metric: Metric) -> F64:
     q, v = stored(queries, metric), stored(x, metric)
     if metric == "l2":
-        return -np.linalg.norm(q[:, None, :] - v[None, :, :], axis=-1)
+        distances: F64 = np.linalg.norm(q[:, None, :] - v[None, :, :], axis=-1)
+        return -distances
     return q @ v.T
 
 

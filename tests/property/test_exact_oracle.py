@@ -32,7 +32,8 @@ def matrices(rows: int, dimension: int) -> st.SearchStrategy[Matrix]:
 def oracle_scores(query: Matrix, x: F64, metric: Metric) -> F64:
     q = query.astype(np.float64)
     if metric == "l2":
-        return -np.linalg.norm(x - q, axis=1)
+        distances: F64 = np.linalg.norm(x - q, axis=1)
+        return -distances
     if metric == "cosine":
         q = _normalised(q[None, :])[0]
         x = _normalised(x)
@@ -41,7 +42,8 @@ def oracle_scores(query: Matrix, x: F64, metric: Metric) -> F64:
 
 def _normalised(x: F64) -> F64:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    normalised: F64 = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return normalised
 
 
 def check_against_oracle(

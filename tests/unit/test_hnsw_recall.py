@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from arrwdb.adapters.index import ExactIndex, HnswIndex
@@ -19,6 +20,10 @@ from arrwdb.domain.ports import Labels
 pytestmark = pytest.mark.slow
 
 N, DIM, CLUSTERS, N_QUERIES, K = 20_000, 128, 50, 200, 10
+FAR_CLUSTERS = 8  # ~16% of the vectors: past the brute-force threshold
+
+
+Ints = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -27,15 +32,14 @@ class Setup:
     hnsw: HnswIndex
     exact: ExactIndex
     queries: Matrix
-    query_clusters: npt_int
-    clusters: npt_int
+    clusters: Ints  # of each stored vector
 
 
-npt_int = np.ndarray
-
-
-def clustered(rng: np.random.Generator, centres: Matrix, n: int) -> tuple[Matrix, npt_int]:
-    which = rng.integers(0, len(centres), n)
+def clustered(
+    rng: np.random.Generator, centres: Matrix, n: int, first: int = 0
+) -> tuple[Matrix, Ints]:
+    """``n`` points around ``centres[first:]``, and the cluster of each."""
+    which = rng.integers(first, len(centres), n)
     points = centres[which] + 0.6 * rng.normal(size=(n, centres.shape[1]))
     return points.astype(np.float32), which
 
@@ -46,7 +50,8 @@ def setup(request: pytest.FixtureRequest) -> Setup:
     rng = np.random.default_rng(20240601)
     centres = rng.normal(size=(CLUSTERS, DIM)).astype(np.float32)
     x, clusters = clustered(rng, centres, N)
-    queries, query_clusters = clustered(rng, centres, N_QUERIES)
+    # Queries avoid the first FAR_CLUSTERS clusters (see the last test).
+    queries, _ = clustered(rng, centres, N_QUERIES, first=FAR_CLUSTERS)
     labels = np.arange(N, dtype=np.int64)
     started = time.perf_counter()
     hnsw = HnswIndex(DIM, metric, IndexParams())
@@ -54,7 +59,7 @@ def setup(request: pytest.FixtureRequest) -> Setup:
     print(f"\n[{metric}] built HNSW of {N} in {time.perf_counter() - started:.1f} s")
     exact = ExactIndex(DIM, metric)
     exact.add(labels, x)
-    return Setup(metric, hnsw, exact, queries, query_clusters, clusters)
+    return Setup(metric, hnsw, exact, queries, clusters)
 
 
 def recall(found: Labels, truth: Labels) -> float:
@@ -96,11 +101,10 @@ def test_a_filtered_graph_search_keeps_its_recall(setup: Setup) -> None:
 def test_a_filter_far_from_the_query_still_finds_good_neighbours(setup: Setup) -> None:
     """Only clusters the queries do not come from are allowed: the hard case for a filtered
     graph search (the allowed nodes are far from where the search starts)."""
-    far = ~np.isin(setup.clusters, setup.query_clusters)
-    allowed = np.flatnonzero(far).astype(np.int64)
+    allowed = np.flatnonzero(setup.clusters < FAR_CLUSTERS).astype(np.int64)
     found, _ = setup.hnsw.search(setup.queries, K, allowed=allowed)
     assert set(found.ravel().tolist()) <= set(allowed.tolist())
     truth, _ = setup.exact.search(setup.queries, K, allowed=allowed)
     r = recall(found, truth)
     print(f"[{setup.metric}] filtered ({len(allowed)} far labels) recall@{K} = {r:.4f}")
-    assert r >= 0.85
+    assert r >= 0.9

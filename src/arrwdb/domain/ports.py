@@ -42,7 +42,8 @@ class VectorIndex(Protocol):
         ...
 
     def add(self, labels: Labels, vectors: Matrix) -> None:
-        """Insert ``vectors[i]`` under ``labels[i]``; labels are new to this index."""
+        """Insert ``vectors[i]`` under ``labels[i]`` (non-negative; a present label's vector
+        is replaced, a removed one may be added again)."""
         ...
 
     def remove(self, labels: Labels) -> None:
@@ -69,7 +70,8 @@ class VectorIndex(Protocol):
         ...
 
     def get_vectors(self, labels: Labels) -> Matrix:
-        """The stored vectors of ``labels``, ``(len(labels), dimension)``."""
+        """The vectors of ``labels`` as stored, ``(len(labels), dimension)``: normalised
+        under cosine. Raises ``KeyError`` for a label not in the index."""
         ...
 
 

@@ -14,13 +14,15 @@ What it promises, beyond the ``VectorIndex`` port:
 * Filtered search is planned by selectivity. When few labels are allowed (at most
   ``max(2000, 2% of the live count)``), it is an exact brute-force scan of those vectors, so the
   result is the true ``k`` best among them. Otherwise it is a graph search that only admits
-  allowed labels (hnswlib's ``filter``, with a raised ``ef``); if that cannot fill ``k`` results,
+  allowed labels (hnswlib's ``filter``, with a doubled ``ef``); if that cannot fill ``k`` results,
   it falls back to the exact scan. An unfiltered search that hnswlib cannot fill (a graph cut
   apart by deletions) falls back to an exact scan of every live vector.
-* ``ef`` is global to an hnswlib index. Searches at the library's default ``ef`` run in
-  parallel (hnswlib releases the GIL); a search that needs another ``ef`` takes the index
-  exclusively, sets it, searches and restores the default. So concurrent default searches never
-  serialise, and a non-default search never leaks its ``ef`` into another.
+* ``ef`` is global to an hnswlib index, but hnswlib searches with ``max(ef, k)``: a search at
+  least as wide as the default asks for ``max(ef, k)`` results and keeps the best ``k``, touching
+  no shared state, so such searches (filtered or not) run in parallel (hnswlib releases the
+  GIL). Only an ``ef`` below the default is set on the index, under an exclusive lock that
+  waits for running searches and restores the default after; it never leaks into another
+  search.
 * Labels must be non-negative (hnswlib labels are unsigned).
 """
 
@@ -48,9 +50,10 @@ _INITIAL_CAPACITY = 1024
 #: filtered graph search ~7 ms at 1,000 allowed, ~3 ms at 2,000, under 1 ms past 5,000.
 _BRUTE_FORCE_MAX = 2000
 _BRUTE_FORCE_FRACTION = 0.02
-#: A filtered graph search uses ``ef = max(ef, _FILTER_EF_K_FACTOR * k)``: the allowed part of
-#: the graph is sparser, so the search keeps more candidates to reach the same recall.
-_FILTER_EF_K_FACTOR = 2
+#: A filtered graph search uses ``ef = _FILTER_EF_FACTOR * max(ef, k)``: the allowed part of
+#: the graph is sparser. Measured (20k clustered 128-d, only far clusters allowed): recall@10
+#: 0.92 at ef 64, 0.97 at 128, for ~35% more time.
+_FILTER_EF_FACTOR = 2
 
 
 class HnswIndex:
@@ -141,7 +144,7 @@ class HnswIndex:
             if kk <= 0:
                 return padded(len(q), k)
             try:
-                return self._graph_search(q, k, kk, wanted_ef, None)
+                return self._graph_search(q, k, kk, wanted_ef, len(self), None)
             except RuntimeError:  # hnswlib found fewer than kk: scan instead
                 return self._vectors.search(q, k)
         candidates = self._vectors.present(allowed)
@@ -151,10 +154,9 @@ class HnswIndex:
         if len(candidates) <= max(_BRUTE_FORCE_MAX, _BRUTE_FORCE_FRACTION * len(self)):
             return self._vectors.search(q, k, allowed=candidates)
         admitted = set(candidates.tolist())
+        widened = _FILTER_EF_FACTOR * max(wanted_ef, kk)
         try:
-            return self._graph_search(
-                q, k, kk, max(wanted_ef, _FILTER_EF_K_FACTOR * kk), admitted.__contains__
-            )
+            return self._graph_search(q, k, kk, widened, len(candidates), admitted.__contains__)
         except RuntimeError:
             return self._vectors.search(q, k, allowed=candidates)
 
@@ -168,19 +170,25 @@ class HnswIndex:
         k: int,
         kk: int,
         ef: int,
+        available: int,
         admit: Callable[[int], bool] | None,
     ) -> tuple[Labels, Scores]:
-        """hnswlib's ``knn_query`` for ``kk <= k`` results, padded to ``k``.
+        """hnswlib's ``knn_query`` for ``kk <= k`` results (of ``available``), padded to ``k``.
 
-        ``ef`` below ``kk`` needs no change: hnswlib searches with ``max(ef, kk)`` anyway.
+        hnswlib searches with ``max(its ef, k)``. So a search at least as wide as the default
+        asks for ``max(ef, kk)`` results (never more than are ``available``) and keeps the best
+        ``kk``: the same search as ``set_ef(ef)``, without touching shared state. Only a
+        narrower ``ef`` has to be set, with the index held exclusively.
         A Python ``admit`` filter is called per candidate under the GIL, so threads would only
         contend for it: filtered searches run on one thread.
         """
         threads = 1 if len(q) == 1 or admit is not None else -1
         default_ef = self._params.ef_search
-        if ef == default_ef or (ef <= kk and default_ef <= kk):
+        if max(ef, kk) >= default_ef:
+            width = min(max(ef, kk), available)
             with self._ef_gate.shared():
-                found, dists = self._graph.knn_query(q, k=kk, num_threads=threads, filter=admit)
+                found, dists = self._graph.knn_query(q, k=width, num_threads=threads, filter=admit)
+            found, dists = found[:, :kk], dists[:, :kk]
         else:
             with self._ef_gate.exclusive():
                 self._graph.set_ef(ef)
