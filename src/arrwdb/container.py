@@ -17,6 +17,7 @@ from dependency_injector import containers, providers
 from arrwdb.adapters.bus.inprocess import InProcessEventBus
 from arrwdb.adapters.embedders.hashing import HashingEmbedder
 from arrwdb.adapters.index import make_index
+from arrwdb.adapters.storage.disk import DiskRepository
 from arrwdb.adapters.storage.memory import InMemoryRepository
 from arrwdb.config import Settings
 from arrwdb.domain.chunking import Chunker
@@ -59,6 +60,12 @@ class Container(containers.DeclarativeContainer):
     repository = providers.Selector(
         config.storage,
         memory=providers.Singleton(InMemoryRepository),
+        disk=providers.Singleton(
+            DiskRepository,
+            config.data_dir,
+            fsync=config.fsync,
+            event_retention=config.history_size,
+        ),
     )
 
     bus = providers.Selector(

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,13 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from arrwdb.adapters.storage._lockfile import lock_directory
 from arrwdb.adapters.storage._segments import SegmentFile
 from arrwdb.adapters.storage._wal import WriteAheadLog
 from arrwdb.adapters.storage.disk import DiskRepository
 from arrwdb.domain.errors import StorageError
 from arrwdb.domain.events import Event
-from arrwdb.domain.models import Chunk, Document, Library, new_id
+from arrwdb.domain.models import Chunk, Document, Library, new_id, utcnow
 
 DIM = 3
 
@@ -320,7 +322,7 @@ def test_damage_in_the_middle_of_the_log_refuses_to_open(tmp_path: Path, segment
     with pytest.raises(StorageError, match=f"{damaged} at byte {second}:") as error:
         DiskRepository(tmp_path)
     assert error.value.details["offset"] == second
-    DiskRepository(tmp_path.parent / "elsewhere").close()  # the lock was released
+    os.close(lock_directory(tmp_path))  # the failed open let go of the directory
 
 
 @pytest.mark.parametrize("tail", ["half a record", "junk", "zeros"])
@@ -502,6 +504,20 @@ def test_events_survive_restarts_within_the_retention(tmp_path: Path) -> None:
         assert repo.recent_events(3) == events[-3:]
 
 
+def test_events_older_than_the_maximum_age_are_dropped(tmp_path: Path) -> None:
+    old, new = (
+        Event(str(n), "library.created", None, timestamp=utcnow() - timedelta(hours=hours))
+        for n, hours in ((1, 2), (2, 0))
+    )
+    with DiskRepository(tmp_path, event_max_age=timedelta(hours=1)) as repo:
+        repo.save_library(Library(id="a", name="a"), old)
+        repo.save_library(Library(id="b", name="b"), new)
+        assert repo.recent_events(10) == [new]
+        repo.snapshot()
+    with DiskRepository(tmp_path) as repo:  # the snapshot kept only the young one
+        assert repo.recent_events(10) == [new]
+
+
 def test_group_commit_shares_fsyncs_between_writers(tmp_path: Path) -> None:
     slow_disk = Faults(sync_delay=0.002)
     wal = WriteAheadLog(tmp_path, fsync="always", open_segment=slow_disk.segment)
@@ -524,7 +540,9 @@ def test_group_commit_shares_fsyncs_between_writers(tmp_path: Path) -> None:
     assert (stats.appends, stats.synced_seq) == (200, 200)
     assert stats.fsyncs < stats.appends
     wal.close()
-    records = list(WriteAheadLog(tmp_path).recover(after=0))
+    reopened = WriteAheadLog(tmp_path)
+    records = list(reopened.recover(after=0))
+    reopened.close()
     assert [r.seq for r in records] == list(range(1, 201))
     assert len({r.payload for r in records}) == 200
 
@@ -539,3 +557,29 @@ def test_the_interval_policy_fsyncs_in_the_background(tmp_path: Path) -> None:
     assert wal.statistics().synced_seq == 1
     wal.close()
     assert not [t for t in threading.enumerate() if t.name == "arrwdb-wal-flush"]
+
+
+def test_concurrent_writers_are_applied_in_log_order(tmp_path: Path) -> None:
+    slow_disk = Faults(sync_delay=0.002)
+    repo = DiskRepository(tmp_path, open_segment=slow_disk.segment)
+    start = threading.Barrier(8)
+
+    def writer(n: int) -> None:
+        start.wait()
+        for i in range(10):
+            lib = Library(id=f"{n}-{i}", name=f"lib {n}-{i}")
+            repo.save_library(lib, Event(str(n * 100 + i), "library.created", lib.id))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    live, events = repo.list_libraries(), repo.recent_events(1000)
+    assert len(live) == 80
+    assert repo.statistics().wal.fsyncs < 80
+    assert [e.library_id for e in events] == [lib.id for lib in live]
+    repo.close()
+    with DiskRepository(tmp_path) as again:
+        assert again.list_libraries() == live
+        assert again.recent_events(1000) == events

@@ -74,7 +74,7 @@ def check_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
                     f"{field}.{key}: lists may hold only strings, numbers, booleans and null",
                     field=f"{field}.{key}",
                 )
-            value = list(value)
+            value = [_plain(v) for v in value]
         elif not isinstance(value, _SCALARS):
             raise InvalidArgumentError(
                 f"{field}.{key} must be a string, number, boolean, null or a list of those",
@@ -82,8 +82,20 @@ def check_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
             )
         if isinstance(value, float) and not np.isfinite(value):
             raise InvalidArgumentError(f"{field}.{key} must be finite", field=f"{field}.{key}")
-        out[key] = value
+        out[key] = _plain(value)
     return out
+
+
+def _plain(value: Any) -> Any:
+    """Subclasses of the JSON scalars (``numpy.float64``, str enums) as the plain type, so
+    every store can encode them."""
+    kind = type(value)
+    if kind in _SCALARS or isinstance(value, list):
+        return value
+    for base in (bool, int, float, str):
+        if isinstance(value, base):
+            return base(value)
+    return value
 
 
 def check_metric(metric: object) -> Metric:

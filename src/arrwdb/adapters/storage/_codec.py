@@ -18,6 +18,7 @@ read-only arrays.
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from collections.abc import Iterator
 from datetime import datetime
@@ -157,15 +158,20 @@ class SnapshotEnd(msgspec.Struct, tag="end"):
 SnapshotItem = SnapshotHeader | LibraryItem | DocumentsItem | EventsItem | SnapshotEnd
 
 
+_FLOAT32_LE: Final = np.dtype("<f4")
+_NATIVE_LE: Final = sys.byteorder == "little"
+
+
 def _enc_hook(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
-        return np.ascontiguousarray(obj, dtype="<f4").data.cast("B")
+        return np.ascontiguousarray(obj, dtype=_FLOAT32_LE).data.cast("B")
     raise NotImplementedError(f"cannot store a {type(obj).__name__}")
 
 
 def _dec_hook(kind: Any, obj: Any) -> Any:
-    if isinstance(obj, bytes) and getattr(kind, "__origin__", kind) is np.ndarray:
-        return np.frombuffer(obj, dtype="<f4").astype(np.float32, copy=False)
+    if type(obj) is bytes and getattr(kind, "__origin__", None) is np.ndarray:
+        vector = np.frombuffer(obj, dtype=_FLOAT32_LE)  # read-only, no copy
+        return vector if _NATIVE_LE else vector.astype(np.float32)
     raise NotImplementedError(f"cannot read a {kind!r}")
 
 

@@ -6,6 +6,7 @@ in another process or in this one, and the kernel releases the lock when the hol
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -28,7 +29,7 @@ def lock_directory(directory: Path) -> int:
         raise storage_error("could not open the lock file", path, exc) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise StorageError(
@@ -36,6 +37,10 @@ def lock_directory(directory: Path) -> int:
             f"(process {holder}); close that store or use another directory",
             path=str(directory),
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise storage_error("could not lock", path, exc) from exc
+    with contextlib.suppress(OSError):  # the pid only makes the message above friendlier
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -144,7 +144,6 @@ class DiskRepository:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error("could not create the data directory", self.path, exc) from exc
-        self._lock_fd = lock_directory(self.path)
         self._wal = WriteAheadLog(
             self.path,
             fsync=fsync,
@@ -152,6 +151,7 @@ class DiskRepository:
             segment_bytes=segment_bytes,
             open_segment=open_segment,
         )
+        self._lock_fd = lock_directory(self.path)
         try:
             self._recover()
         except BaseException:
@@ -306,6 +306,8 @@ class DiskRepository:
         """Write a consistent copy of the store into the empty (or new) directory
         ``destination``; it opens as a ``DiskRepository`` on its own. Returns the file."""
         target = Path(destination)
+        if self._closed:
+            raise StorageError(f"the store at {self.path} is closed")
         try:
             target.mkdir(parents=True, exist_ok=True)
             if any(target.iterdir()):
