@@ -146,7 +146,8 @@ def test_blocking_get_is_woken_by_a_publish_from_another_thread() -> None:
     timer.start()
     started = time.monotonic()
     event = sub.get(timeout=5)
-    assert event is not None and event.id == "1"
+    assert event is not None
+    assert event.id == "1"
     assert time.monotonic() - started < 2
     assert sub.get(timeout=0.01) is None
 
@@ -159,7 +160,8 @@ def test_async_get_is_woken_from_a_worker_thread_and_times_out() -> None:
         assert await sub.aget(timeout=0.02) is None
         await anyio.to_thread.run_sync(lambda: bus.publish(_event(1)))
         event = await sub.aget(timeout=1)
-        assert event is not None and event.id == "1"
+        assert event is not None
+        assert event.id == "1"
 
         async def publish_later() -> None:
             await anyio.sleep(0.05)
@@ -168,7 +170,8 @@ def test_async_get_is_woken_from_a_worker_thread_and_times_out() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(publish_later)
             event = await sub.aget(timeout=5)
-        assert event is not None and event.id == "2"
+        assert event is not None
+        assert event.id == "2"
 
     anyio.run(main)
 

@@ -63,7 +63,8 @@ def test_events_are_registered_when_the_call_returns(db: arrwdb.Database) -> Non
     stream = lib.events(timeout=2)  # live only
     lib.add_document(title="after", text="written after the stream opened")
     first = next(iter(stream))
-    assert first.type == "document.added" and first.data["title"] == "after"
+    assert first.type == "document.added"
+    assert first.data["title"] == "after"
     stream.close()
 
 
@@ -95,7 +96,8 @@ def test_in_process_errors_carry_codes(db: arrwdb.Database) -> None:
     assert info.value.code == "dimension_mismatch"
     with pytest.raises(arrwdb.InvalidFilterError) as finfo:
         lib.search([1.0, 2.0, 3.0], filter={"x": {"$near": 1}})
-    assert finfo.value.code == "invalid_filter" and "$near" in str(finfo.value)
+    assert finfo.value.code == "invalid_filter"
+    assert "$near" in str(finfo.value)
     with pytest.raises(arrwdb.AlreadyExistsError):
         db.create_library("errs")
 
