@@ -42,8 +42,11 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_ws_message_bytes: int = 16 * 1024 * 1024
     ws_send_queue: int = 1_024
+    ws_max_inflight: int = 32
+    ws_send_timeout: float = 10.0
     sse_keepalive: float = 15.0
     ndjson_batch: int = 256
+    shutdown_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         unknown = set(self.transports) - set(ALL_TRANSPORTS)
@@ -52,7 +55,13 @@ class Settings:
                 f"unknown transport(s) {', '.join(sorted(unknown))}; "
                 f"known: {', '.join(ALL_TRANSPORTS)}"
             )
-        for name in ("history_size", "subscriber_buffer", "chunk_size", "ws_send_queue"):
+        for name in (
+            "history_size",
+            "subscriber_buffer",
+            "chunk_size",
+            "ws_send_queue",
+            "ws_max_inflight",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.storage == "disk" and not self.data_dir:

@@ -1,0 +1,92 @@
+"""The ``arrwdb`` command: ``arrwdb serve`` runs the server.
+
+Options override ``ARRWDB_*`` environment variables, which override the defaults of
+:class:`arrwdb.config.Settings` (everything else, e.g. ``ARRWDB_TRANSPORTS``,
+``ARRWDB_CORS_ORIGINS``, is configured through the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from arrwdb.config import Settings
+
+DEFAULT_DATA_DIR = "./arrwdb-data"
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arrwdb", description="arrwDB: a vector database.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="run the server (REST, NDJSON, SSE, WebSocket)", description=__doc__
+    )
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument(
+        "--storage",
+        choices=("memory", "disk"),
+        help="disk (durable, in --data-dir; the default) or memory (ephemeral)",
+    )
+    serve.add_argument("--data-dir", help=f"data directory for disk storage ({DEFAULT_DATA_DIR})")
+    serve.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="log level (default info)",
+    )
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env(
+            host=args.host,
+            port=args.port,
+            storage=args.storage or os.environ.get("ARRWDB_STORAGE") or "disk",
+            data_dir=args.data_dir or os.environ.get("ARRWDB_DATA_DIR") or DEFAULT_DATA_DIR,
+            log_level=args.log_level,
+        )
+    except ValueError as exc:
+        print(f"arrwdb serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+
+    from arrwdb.server import StorageUnavailableError, serve
+
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: end quietly
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        if not serve(settings):
+            return 1
+    except StorageUnavailableError as exc:
+        print(f"arrwdb serve: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, _Stopped):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+class _Stopped(Exception):
+    """SIGTERM, after the graceful shutdown."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The server: the Litestar app factory and a uvicorn server that shuts down gracefully.
+
+``create_app(settings)`` builds the container (the composition root), and registers the
+routers of the transports named in ``settings.transports`` (``ARRWDB_TRANSPORTS``; default all:
+``rest``, ``ndjson``, ``sse``, ``websocket``) plus health. A new transport is one module in
+``arrwdb.transports`` with a ``router()`` function, and one entry in :data:`TRANSPORTS`.
+
+Lifecycle: the app's lifespan opens the container's resources (loading the store) and, at the
+end, drains the transports (new writes refused, SSE streams ended, WebSockets closed with 1001
+after answering requests in flight, writes in flight finished) before closing them. Run under
+:class:`Server` (what ``arrwdb serve`` does), the drain happens *before* uvicorn closes the
+connections itself (which would close WebSockets with 1012 and wait on endless SSE streams).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import uvicorn
+from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import (
+    RedocRenderPlugin,
+    ScalarRenderPlugin,
+    SwaggerRenderPlugin,
+)
+
+from arrwdb.config import Settings
+from arrwdb.container import Container, build_container
+from arrwdb.domain.errors import ArrwdbError
+from arrwdb.transports import rest, sse, streaming, ws
+from arrwdb.transports.errors import EXCEPTION_HANDLERS
+from arrwdb.transports.runtime import Runtime
+
+logger = logging.getLogger("arrwdb.server")
+
+#: Transport name (as in ``Settings.transports``) -> its router factory.
+TRANSPORTS: dict[str, Callable[[], Router]] = {
+    "rest": rest.router,
+    "ndjson": streaming.router,
+    "sse": sse.router,
+    "websocket": ws.router,
+}
+
+
+class StorageUnavailableError(RuntimeError):
+    """The configured storage has no adapter in this build."""
+
+
+def create_app(settings: Settings | None = None, *, container: Container | None = None) -> Litestar:
+    """The arrwDB app. ``container`` (already built, maybe with overrides) is used as given
+    and left open at shutdown; otherwise one is built from ``settings`` and owned."""
+    settings = settings or Settings.from_env()
+    owned = container is None
+    if container is None:
+        container = build_container(settings)
+    _check_storage(container)
+    runtime = Runtime(settings)
+    opened = container
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        try:
+            await anyio.to_thread.run_sync(opened.init_resources)
+        except ArrwdbError as exc:  # e.g. the data directory is locked by another server
+            logger.error("cannot open the store: %s", exc)
+            raise
+        runtime.start(opened.service())
+        logger.info(
+            "arrwDB ready: storage %s, transports %s",
+            settings.storage,
+            ", ".join(settings.transports),
+        )
+        try:
+            yield
+        finally:
+            await runtime.drain(settings.shutdown_timeout)
+            if owned:
+                await anyio.to_thread.run_sync(opened.shutdown_resources)
+            logger.info("arrwDB stopped")
+
+    routers = [rest.health_router()] + [TRANSPORTS[name]() for name in settings.transports]
+    return Litestar(
+        route_handlers=routers,
+        dependencies={"runtime": Provide(lambda: runtime, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins))
+        if settings.cors_origins
+        else None,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="arrwDB",
+            version=rest.VERSION,
+            description="A vector database with real-time change streams. The WebSocket, "
+            "SSE and NDJSON protocols are described in docs/protocol.md.",
+            path="/schema",
+            render_plugins=[
+                SwaggerRenderPlugin(path="/swagger"),
+                RedocRenderPlugin(path="/redoc"),
+                ScalarRenderPlugin(path="/scalar"),
+            ],
+        ),
+        logging_config=None,
+        state=State({"runtime": runtime}),
+    )
+
+
+def _check_storage(container: Container) -> None:
+    storage = container.config.storage()
+    available = container.repository.providers
+    if storage not in available:
+        raise StorageUnavailableError(
+            f"storage {storage!r} is not available in this build "
+            f"(available: {', '.join(sorted(available))})"
+        )
+
+
+def runtime_of(app: Any) -> Runtime | None:
+    """The transports' runtime of an app made by :func:`create_app`."""
+    state = getattr(app, "state", None)
+    runtime = getattr(state, "runtime", None) if state is not None else None
+    return runtime if isinstance(runtime, Runtime) else None
+
+
+class Server(uvicorn.Server):
+    """uvicorn, draining arrwDB's transports before it closes connections at shutdown."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # stop accepting first
+        runtime = runtime_of(self.config.app)
+        if runtime is not None:
+            await runtime.drain(runtime.settings.shutdown_timeout)
+        await super().shutdown(sockets)
+
+
+def uvicorn_config(app: Litestar, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn settings for arrwDB. A WebSocket message above ``max_ws_message_bytes`` gets an
+    error response; one above twice that is refused by the protocol (close 1009).
+    Per-message compression is off: it would cost CPU per subscriber, not per event."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "log_config": None,
+        "lifespan": "on",
+        "ws_max_size": 2 * settings.max_ws_message_bytes,
+        "ws_per_message_deflate": False,
+        "timeout_graceful_shutdown": settings.shutdown_timeout + 5.0,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def serve(settings: Settings) -> bool:
+    """Run arrwDB until SIGINT/SIGTERM, then shut down gracefully. False if it never started
+    (the store could not be opened, the port was taken: the log says why)."""
+    app = create_app(settings)
+    server = Server(uvicorn_config(app, settings))
+    server.run()
+    return bool(server.started)
+
+
+class BackgroundServer:
+    """arrwDB served from a background thread on a free loopback port: for tests and
+    notebooks. ``with BackgroundServer(settings) as server: httpx.get(server.url + ...)``;
+    leaving the block shuts it down gracefully (as SIGINT would)."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        container: Container | None = None,
+        **uvicorn_overrides: Any,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.app = create_app(self.settings, container=container)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((self.settings.host, 0))
+        self.port: int = self._sock.getsockname()[1]
+        self.server = Server(uvicorn_config(self.app, self.settings, **uvicorn_overrides))
+        self.thread = threading.Thread(
+            target=self.server.run,
+            kwargs={"sockets": [self._sock]},
+            name=f"arrwdb-server-{self.port}",
+            daemon=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.settings.host}:{self.port}"
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime = runtime_of(self.app)
+        assert runtime is not None
+        return runtime
+
+    def start(self, timeout: float = 10.0) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Shut down gracefully and wait for the thread (idempotent)."""
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                raise RuntimeError("the server did not shut down")
+        self._sock.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,356 @@
+"""The one dispatch table shared by every transport.
+
+An action is declared once: its request Struct, the service call, and the builder of its
+response Struct. REST handlers and WebSocket actions (and the NDJSON streams) all run actions
+through :class:`Dispatcher`, so the two can never drift apart. Service calls run in a worker
+thread (``anyio.to_thread``): embedding, index search and bulk adds are CPU work and the commit
+lock may be held by another writer, so none of it may stall the event loop.
+
+Writes pass the :class:`WriteGate`: at shutdown it refuses new writes and lets the server wait
+for the ones in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from arrwdb.domain.models import (
+    Chunk,
+    Document,
+    Library,
+    NewChunk,
+    NewDocument,
+    SearchQuery,
+    SearchResult,
+    format_timestamp,
+)
+from arrwdb.domain.service import VectorDBService
+from arrwdb.transports.errors import ShuttingDown
+from arrwdb.transports.messages import (
+    ChunkIn,
+    ChunkOut,
+    DocumentDeleted,
+    DocumentGet,
+    DocumentId,
+    DocumentIn,
+    DocumentList,
+    DocumentOut,
+    DocumentPage,
+    DocumentsIn,
+    DocumentUpdate,
+    IndexParams,
+    LibraryCreate,
+    LibraryList,
+    LibraryOut,
+    LibraryUpdate,
+    SearchHitOut,
+    SearchIn,
+    SearchOut,
+)
+
+# -- domain -> wire -------------------------------------------------------------------------
+
+
+def library_out(lib: Library) -> LibraryOut:
+    p = lib.index_params
+    return LibraryOut(
+        id=lib.id,
+        name=lib.name,
+        description=lib.description,
+        metadata=dict(lib.metadata),
+        dimension=lib.dimension,
+        metric=lib.metric,
+        index=lib.index,
+        index_params=IndexParams(m=p.m, ef_construction=p.ef_construction, ef_search=p.ef_search),
+        embedder=lib.embedder,
+        document_count=lib.document_count,
+        chunk_count=lib.chunk_count,
+        created_at=format_timestamp(lib.created_at),
+        updated_at=format_timestamp(lib.updated_at),
+    )
+
+
+def _chunk_out(chunk: Chunk) -> ChunkOut:
+    return ChunkOut(
+        id=chunk.id,
+        document_id=chunk.document_id,
+        position=chunk.position,
+        text=chunk.text,
+        metadata=dict(chunk.metadata),
+        embedding=None if chunk.embedding is None else chunk.embedding.tolist(),
+    )
+
+
+def document_out(doc: Document, *, with_chunks: bool = False) -> DocumentOut:
+    return DocumentOut(
+        id=doc.id,
+        library_id=doc.library_id,
+        title=doc.title,
+        metadata=dict(doc.metadata),
+        num_chunks=doc.num_chunks,
+        created_at=format_timestamp(doc.created_at),
+        updated_at=format_timestamp(doc.updated_at),
+        chunks=[_chunk_out(c) for c in doc.chunks] if with_chunks else None,
+    )
+
+
+def search_out(result: SearchResult) -> SearchOut:
+    return SearchOut(
+        results=[
+            SearchHitOut(
+                chunk_id=h.chunk_id,
+                document_id=h.document_id,
+                document_title=h.document_title,
+                text=h.text,
+                score=float(h.score),
+                metadata=dict(h.metadata),
+                position=h.position,
+                embedding=None if h.embedding is None else h.embedding.tolist(),
+            )
+            for h in result.results
+        ],
+        took_ms=result.took_ms,
+    )
+
+
+# -- wire -> domain -------------------------------------------------------------------------
+
+
+def _new_chunks(chunks: list[ChunkIn] | None) -> list[NewChunk] | None:
+    if chunks is None:
+        return None
+    return [NewChunk(text=c.text, embedding=c.embedding, metadata=c.metadata) for c in chunks]
+
+
+def new_document(doc: DocumentIn) -> NewDocument:
+    return NewDocument(
+        title=doc.title,
+        text=doc.text,
+        chunks=_new_chunks(doc.chunks),
+        metadata=doc.metadata,
+        id=doc.id,
+    )
+
+
+def search_query(q: SearchIn) -> SearchQuery:
+    return SearchQuery(
+        text=q.query_text,
+        vector=q.query_vector,
+        k=q.k,
+        filter=q.filter,
+        ef=q.ef,
+        include_embedding=q.include_embedding,
+    )
+
+
+# -- the actions ----------------------------------------------------------------------------
+
+
+def _create_library(s: VectorDBService, _: str | None, r: LibraryCreate) -> Library:
+    params = None
+    if r.index_params is not None:
+        p = r.index_params
+        params = {"m": p.m, "ef_construction": p.ef_construction, "ef_search": p.ef_search}
+    return s.create_library(
+        r.name,
+        description=r.description,
+        metadata=r.metadata,
+        dimension=r.dimension,
+        metric=r.metric,
+        index=r.index,
+        index_params=params,
+        embedder=r.embedder,
+    )
+
+
+def _update_library(s: VectorDBService, lib: str | None, r: LibraryUpdate) -> Library:
+    return s.update_library(_lib(lib), name=r.name, description=r.description, metadata=r.metadata)
+
+
+def _add(s: VectorDBService, lib: str | None, r: DocumentsIn) -> list[Document] | Document:
+    if isinstance(r, list):
+        return s.add_documents(_lib(lib), [new_document(d) for d in r])
+    return s.add_document(_lib(lib), new_document(r))
+
+
+def _add_out(result: list[Document] | Document) -> list[DocumentOut] | DocumentOut:
+    if isinstance(result, list):
+        return [document_out(d) for d in result]
+    return document_out(result)
+
+
+def _update_document(s: VectorDBService, lib: str | None, r: DocumentUpdate) -> Document:
+    p = r.patch
+    return s.update_document(
+        _lib(lib),
+        r.document_id,
+        title=p.title,
+        metadata=p.metadata,
+        text=p.text,
+        chunks=_new_chunks(p.chunks),
+    )
+
+
+def _delete_document(s: VectorDBService, lib: str | None, r: DocumentId) -> str:
+    s.delete_document(_lib(lib), r.document_id)
+    return r.document_id
+
+
+def _lib(library_id: str | None) -> str:
+    assert library_id is not None, "this action needs a library id"
+    return library_id
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One operation: ``request`` Struct (``None``: no body), ``call`` on the service with the
+    library id (``None`` for library-less actions), ``build`` of the response Struct."""
+
+    name: str
+    request: Any
+    call: Callable[[VectorDBService, str | None, Any], Any]
+    build: Callable[[Any], Any]
+    write: bool = False
+
+    def perform(self, service: VectorDBService, library_id: str | None, request: Any) -> Any:
+        return self.build(self.call(service, library_id, request))
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
+ACTIONS: dict[str, Action] = {
+    a.name: a
+    for a in (
+        Action("create_library", LibraryCreate, _create_library, library_out, write=True),
+        Action(
+            "list_libraries",
+            None,
+            lambda s, _, __: s.list_libraries(),
+            lambda libs: LibraryList(libraries=[library_out(x) for x in libs]),
+        ),
+        Action("get_library", None, lambda s, lib, _: s.get_library(_lib(lib)), library_out),
+        Action("update_library", LibraryUpdate, _update_library, library_out, write=True),
+        Action(
+            "delete_library",
+            None,
+            lambda s, lib, _: s.delete_library(_lib(lib)),
+            _same,
+            write=True,
+        ),
+        Action("add", DocumentsIn, _add, _add_out, write=True),
+        Action(
+            "list_documents",
+            DocumentList,
+            lambda s, lib, r: s.list_documents(_lib(lib), limit=r.limit, cursor=r.cursor),
+            lambda page: DocumentPage(
+                documents=[document_out(d) for d in page.items], next_cursor=page.next_cursor
+            ),
+        ),
+        Action(
+            "get",
+            DocumentGet,
+            lambda s, lib, r: s.get_document(
+                _lib(lib), r.document_id, include_embedding=r.include_embedding
+            ),
+            lambda doc: document_out(doc, with_chunks=True),
+        ),
+        Action("update_document", DocumentUpdate, _update_document, document_out, write=True),
+        Action(
+            "delete",
+            DocumentId,
+            _delete_document,
+            lambda doc_id: DocumentDeleted(document_id=doc_id),
+            write=True,
+        ),
+        Action(
+            "search",
+            SearchIn,
+            lambda s, lib, r: s.search(_lib(lib), search_query(r)),
+            search_out,
+        ),
+        Action("ready", None, lambda s, _, __: s.check_ready(), _same),
+    )
+}
+
+
+class WriteGate:
+    """Counts writes in flight. ``close()`` (at shutdown) refuses new ones; ``wait_idle()``
+    returns once the ones in flight have finished. Used from the event loop only."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._closed = False
+        self._idle: anyio.Event | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self._count
+
+    def enter(self) -> None:
+        if self._closed:
+            raise ShuttingDown("the server is shutting down; retry on another instance")
+        self._count += 1
+
+    def exit(self) -> None:
+        self._count -= 1
+        if self._count == 0 and self._idle is not None:
+            self._idle.set()
+
+    def close(self) -> None:
+        self._closed = True
+
+    async def wait_idle(self) -> None:
+        while self._count:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+
+class Dispatcher:
+    """Runs actions of :data:`ACTIONS` against the service, off the event loop."""
+
+    def __init__(self, service: Callable[[], VectorDBService], gate: WriteGate) -> None:
+        self._service = service
+        self.gate = gate
+
+    async def execute(self, name: str, library_id: str | None, request: Any = None) -> Any:
+        """Run one action; raises what the service raises (mapped by ``errors.classify``)."""
+        action = ACTIONS[name]
+        service = self._service()
+        if not action.write:
+            return await anyio.to_thread.run_sync(action.perform, service, library_id, request)
+        self.gate.enter()
+        try:
+            return await anyio.to_thread.run_sync(action.perform, service, library_id, request)
+        finally:
+            self.gate.exit()
+
+    async def execute_each(
+        self, name: str, library_id: str | None, requests: Sequence[Any]
+    ) -> list[Any]:
+        """Run one action per request in a single worker-thread hop; each item of the result
+        is the response Struct or the exception that request raised."""
+        action = ACTIONS[name]
+        service = self._service()
+
+        def run_all() -> list[Any]:
+            out: list[Any] = []
+            for request in requests:
+                try:
+                    out.append(action.perform(service, library_id, request))
+                except Exception as exc:  # reported per item by the caller
+                    out.append(exc)
+            return out
+
+        if not action.write:
+            return await anyio.to_thread.run_sync(run_all)
+        self.gate.enter()
+        try:
+            return await anyio.to_thread.run_sync(run_all)
+        finally:
+            self.gate.exit()

@@ -1,0 +1,203 @@
+"""The one table from errors to what clients see: HTTP status + problem details, WS error
+responses, NDJSON error lines.
+
+::
+
+    exception                           HTTP  code
+    domain ValidationError (+ subclasses) 422  its own (validation_error, dimension_mismatch,
+                                               invalid_vector, invalid_filter, invalid_argument)
+    msgspec.ValidationError (valid JSON,  422  validation_error   (``field`` names the input)
+        wrong type or out of range)
+    domain NotFoundError                  404  not_found
+    domain AlreadyExistsError             409  already_exists
+    msgspec.DecodeError (not JSON)        400  bad_request
+    BadRequest                            400  bad_request
+    PayloadTooLarge                       413  payload_too_large
+    UnsupportedMediaType                  415  unsupported_media_type
+    domain StorageError                   503  storage_error
+    ShuttingDown                          503  shutting_down
+    SubscriptionClosedError               503  subscription_closed / slow_consumer
+    anything else                         500  internal_error   (logged with its traceback;
+                                               the client gets an opaque message, never str(exc))
+
+Litestar's own HTTP errors (unknown route, method not allowed, body too large, a bad query
+parameter) are answered in the same problem format.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from arrwdb.domain.errors import (
+    AlreadyExistsError,
+    ArrwdbError,
+    InternalError,
+    NotFoundError,
+    StorageError,
+    SubscriptionClosedError,
+    ValidationError,
+)
+from arrwdb.transports.envelopes import error_path
+from arrwdb.transports.messages import Problem, encoder
+
+logger = logging.getLogger("arrwdb.transports")
+
+PROBLEM_JSON = "application/problem+json"
+INTERNAL_MESSAGE = "internal server error; the incident was logged"
+
+
+class TransportError(Exception):
+    """A request the transport refuses before it reaches the service."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class BadRequest(TransportError):
+    """The body or message is not what the endpoint reads (not JSON, not a request)."""
+
+
+class PayloadTooLarge(TransportError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(TransportError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ShuttingDown(TransportError):
+    status = 503
+    code = "shutting_down"
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """What a client is told about a failure."""
+
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+
+    def problem(self) -> Problem:
+        return Problem(
+            type=f"urn:arrwdb:problem:{self.code}",
+            title=_title(self.status),
+            status=self.status,
+            detail=self.message,
+            code=self.code,
+            field=self.field,
+        )
+
+
+#: Domain error class -> HTTP status (most specific first; codes come from the class).
+_DOMAIN_STATUS: tuple[tuple[type[ArrwdbError], int], ...] = (
+    (ValidationError, 422),
+    (NotFoundError, 404),
+    (AlreadyExistsError, 409),
+    (StorageError, 503),
+    (SubscriptionClosedError, 503),
+)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    503: "service_unavailable",
+}
+
+
+def classify(exc: BaseException) -> Fault:
+    """Map any exception to a :class:`Fault`. Unexpected ones are logged with a traceback and
+    become an opaque ``internal_error``."""
+    if isinstance(exc, ArrwdbError) and not isinstance(exc, InternalError):
+        for cls, status in _DOMAIN_STATUS:
+            if isinstance(exc, cls):
+                field = exc.details.get("field")
+                return Fault(
+                    status, exc.code, exc.message, field if isinstance(field, str) else None
+                )
+    if isinstance(exc, TransportError):
+        return Fault(exc.status, exc.code, exc.message, exc.field)
+    if isinstance(exc, msgspec.ValidationError):
+        return Fault(422, "validation_error", str(exc), error_path(exc))
+    if isinstance(exc, msgspec.DecodeError):
+        return Fault(400, "bad_request", f"not valid JSON: {exc}")
+    if isinstance(exc, ValidationException):
+        return _litestar_validation(exc)
+    if isinstance(exc, HTTPException) and exc.status_code < 500:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return Fault(exc.status_code, code, str(exc.detail))
+    logger.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+    return Fault(500, "internal_error", INTERNAL_MESSAGE)
+
+
+def _litestar_validation(exc: ValidationException) -> Fault:
+    """A path or query parameter Litestar could not parse (``?limit=abc``)."""
+    extra: Any = exc.extra
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
+        first = extra[0]
+        key = first.get("key")
+        message = first.get("message") or str(exc.detail)
+        if key:
+            return Fault(400, "bad_request", f"{key}: {message}", str(key))
+        return Fault(400, "bad_request", str(message))
+    return Fault(400, "bad_request", str(exc.detail))
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def problem_response(fault: Fault, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(
+        content=encoder.encode(fault.problem()),
+        status_code=fault.status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Litestar exception handler: every error of every HTTP route, as problem details."""
+    fault = classify(exc)
+    headers = None
+    if isinstance(exc, HTTPException) and exc.headers:
+        headers = dict(exc.headers)
+    return problem_response(fault, headers)
+
+
+EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {Exception: handle_exception}
+
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "PROBLEM_JSON",
+    "BadRequest",
+    "Fault",
+    "PayloadTooLarge",
+    "ShuttingDown",
+    "TransportError",
+    "UnsupportedMediaType",
+    "classify",
+    "handle_exception",
+    "problem_response",
+]

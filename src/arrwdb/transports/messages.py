@@ -1,0 +1,290 @@
+"""The bodies of the REST API: what goes over the wire, as msgspec Structs.
+
+These Structs are the one validator of every transport: REST decodes request bodies into them,
+the WebSocket envelopes (``arrwdb.transports.envelopes``) carry them as ``data``, NDJSON lines
+are decoded into them. Schema evolution (msgspec's rules): a field added later gets a default,
+so messages written for an older version still decode; unknown fields are ignored.
+
+Constraints declared with ``Meta`` (``k`` in 1..1000, ...) are enforced on decode (422 with the
+field named) and appear in the OpenAPI document; every other rule is the domain's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+Metadata = dict[str, Any]
+Metric = Literal["cosine", "l2", "ip"]
+IndexKind = Literal["flat", "hnsw"]
+
+K = Annotated[int, Meta(ge=1, le=1000, description="How many results, 1..1000.")]
+Ef = Annotated[int, Meta(ge=1, le=10_000, description="HNSW search breadth for this query.")]
+Dimension = Annotated[int, Meta(ge=1, le=65_536)]
+PageLimit = Annotated[int, Meta(ge=1, le=1000)]
+
+
+# -- libraries ------------------------------------------------------------------------------
+
+
+class IndexParams(Struct, kw_only=True):
+    """HNSW parameters (ignored by the exact ``flat`` index)."""
+
+    m: Annotated[int, Meta(ge=2, le=128)] = 16
+    ef_construction: Annotated[int, Meta(ge=1, le=10_000)] = 200
+    ef_search: Annotated[int, Meta(ge=1, le=10_000)] = 64
+
+
+class LibraryCreate(Struct, kw_only=True):
+    """``POST /v1/libraries``."""
+
+    name: str
+    description: str = ""
+    metadata: Metadata = {}
+    dimension: Dimension | None = None
+    metric: Metric = "cosine"
+    index: IndexKind = "hnsw"
+    index_params: IndexParams | None = None
+    embedder: str | None = None
+
+
+class LibraryUpdate(Struct, kw_only=True):
+    """``PATCH /v1/libraries/{id}``: a field left out (or ``null``) is unchanged."""
+
+    name: str | None = None
+    description: str | None = None
+    metadata: Metadata | None = None
+
+
+class LibraryOut(Struct, kw_only=True):
+    id: str
+    name: str
+    description: str
+    metadata: Metadata
+    dimension: int | None
+    metric: str
+    index: str
+    index_params: IndexParams
+    embedder: str
+    document_count: int
+    chunk_count: int
+    created_at: str
+    updated_at: str
+
+
+class LibraryList(Struct, kw_only=True):
+    libraries: list[LibraryOut]
+
+
+# -- documents ------------------------------------------------------------------------------
+
+
+class ChunkIn(Struct, kw_only=True):
+    """A chunk given by the client; without ``embedding`` the server embeds ``text``."""
+
+    text: str
+    embedding: list[float] | None = None
+    metadata: Metadata = {}
+
+
+class DocumentIn(Struct, kw_only=True):
+    """A new document: exactly one of ``text`` (split and embedded by the server) and
+    ``chunks``. ``id`` may be chosen by the client."""
+
+    title: str = ""
+    text: str | None = None
+    chunks: list[ChunkIn] | None = None
+    metadata: Metadata = {}
+    id: str | None = None
+
+
+#: ``POST .../documents`` and the WS ``add`` action take one document or a list (bulk).
+DocumentsIn = DocumentIn | list[DocumentIn]
+
+
+class DocumentPatch(Struct, kw_only=True):
+    """``PATCH .../documents/{id}``: ``title``/``metadata`` change in place; ``text`` or
+    ``chunks`` replace the content (re-chunked and re-embedded)."""
+
+    title: str | None = None
+    metadata: Metadata | None = None
+    text: str | None = None
+    chunks: list[ChunkIn] | None = None
+
+
+class DocumentId(Struct, kw_only=True):
+    """Names one document (WS ``delete``)."""
+
+    document_id: str
+
+
+class DocumentGet(Struct, kw_only=True):
+    """Reads one document with its chunks (WS ``get``)."""
+
+    document_id: str
+    include_embedding: bool = False
+
+
+class DocumentUpdate(Struct, kw_only=True):
+    document_id: str
+    patch: DocumentPatch
+
+
+class DocumentList(Struct, kw_only=True):
+    """A page request: ``cursor`` is the ``next_cursor`` of the previous page."""
+
+    limit: PageLimit = 100
+    cursor: str | None = None
+
+
+class ChunkOut(Struct, kw_only=True, omit_defaults=True):
+    id: str
+    document_id: str
+    position: int
+    text: str
+    metadata: Metadata
+    embedding: list[float] | None = None
+
+
+class DocumentOut(Struct, kw_only=True, omit_defaults=True):
+    """A document; ``chunks`` only when read one by one."""
+
+    id: str
+    library_id: str
+    title: str
+    metadata: Metadata
+    num_chunks: int
+    created_at: str
+    updated_at: str
+    chunks: list[ChunkOut] | None = None
+
+
+class DocumentPage(Struct, kw_only=True):
+    documents: list[DocumentOut]
+    next_cursor: str | None
+
+
+class DocumentDeleted(Struct, kw_only=True):
+    document_id: str
+    deleted: bool = True
+
+
+# -- search ---------------------------------------------------------------------------------
+
+
+class SearchIn(Struct, kw_only=True):
+    """A search: exactly one of ``query_text`` and ``query_vector``."""
+
+    query_text: str | None = None
+    query_vector: list[float] | None = None
+    k: K = 10
+    filter: dict[str, Any] | None = None
+    ef: Ef | None = None
+    include_embedding: bool = False
+
+
+class SearchHitOut(Struct, kw_only=True, omit_defaults=True):
+    chunk_id: str
+    document_id: str
+    document_title: str
+    text: str
+    score: float
+    metadata: Metadata
+    position: int
+    embedding: list[float] | None = None
+
+
+class SearchOut(Struct, kw_only=True):
+    results: list[SearchHitOut]
+    took_ms: float
+
+
+# -- operations -----------------------------------------------------------------------------
+
+
+class Health(Struct, kw_only=True):
+    status: str
+    version: str
+
+
+class Readiness(Struct, kw_only=True):
+    status: str
+
+
+class WebSocketStats(Struct, kw_only=True):
+    """``GET /v1/websockets/stats``, in the seed's exact shape."""
+
+    total_connections: int
+    libraries_with_subscribers: int
+    subscriptions_by_library: dict[str, int]
+
+
+class Problem(Struct, kw_only=True, omit_defaults=True):
+    """RFC 9457 problem details; ``code`` is the stable machine-readable error code and
+    ``field`` (when known) names the offending input."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    field: str | None = None
+
+
+#: Every Struct of this module that crosses the wire (property tests round-trip each).
+WIRE_TYPES: tuple[type[Struct], ...] = (
+    IndexParams,
+    LibraryCreate,
+    LibraryUpdate,
+    LibraryOut,
+    LibraryList,
+    ChunkIn,
+    DocumentIn,
+    DocumentPatch,
+    DocumentId,
+    DocumentGet,
+    DocumentUpdate,
+    DocumentList,
+    ChunkOut,
+    DocumentOut,
+    DocumentPage,
+    DocumentDeleted,
+    SearchIn,
+    SearchHitOut,
+    SearchOut,
+    Health,
+    Readiness,
+    WebSocketStats,
+    Problem,
+)
+
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def decoder_for(tp: Any) -> msgspec.json.Decoder[Any]:
+    """The JSON decoder of ``tp``, built once and reused."""
+    decoder = _decoders.get(tp)
+    if decoder is None:
+        decoder = _decoders[tp] = msgspec.json.Decoder(tp)
+    return decoder
+
+
+_any_decoder = msgspec.json.Decoder()
+
+
+def decode(tp: Any, raw: bytes | str) -> Any:
+    """Decode JSON ``raw`` into ``tp``. msgspec type-checks while it parses, so a malformed
+    document can fail with a type error first: such a failure is re-raised as the
+    ``msgspec.DecodeError`` (400) it really is, and ``ValidationError`` (422) means valid JSON
+    that breaks a rule."""
+    try:
+        return decoder_for(tp).decode(raw)
+    except msgspec.ValidationError:
+        _any_decoder.decode(raw)  # raises DecodeError if it is not JSON at all
+        raise
+
+
+#: The one JSON encoder of the transports (reused: building encoders is not free).
+encoder = msgspec.json.Encoder()

@@ -1,0 +1,204 @@
+"""The REST transport: every JSON route of the spec's table, each one call to the dispatcher.
+
+Bodies are msgspec Structs decoded by ``_body.WireBody``; errors are problem details
+(``errors.handle_exception``). Health (liveness and readiness) is served whatever transports
+are enabled: see :func:`health_router`.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Annotated
+
+from litestar import Router, delete, get, patch, post
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import Response
+
+from arrwdb.transports._body import WireBody
+from arrwdb.transports.errors import ShuttingDown, classify, problem_response
+from arrwdb.transports.messages import (
+    DocumentGet,
+    DocumentId,
+    DocumentList,
+    DocumentOut,
+    DocumentPage,
+    DocumentPatch,
+    DocumentsIn,
+    DocumentUpdate,
+    Health,
+    LibraryCreate,
+    LibraryList,
+    LibraryOut,
+    LibraryUpdate,
+    Readiness,
+    SearchIn,
+    SearchOut,
+)
+from arrwdb.transports.runtime import RuntimeDep
+
+LIBRARY = "/v1/libraries/{library_id:str}"
+DOCUMENT = LIBRARY + "/documents/{document_id:str}"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("arrwdb")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+VERSION = _version()
+
+
+# -- libraries ------------------------------------------------------------------------------
+
+
+@post("/v1/libraries", status_code=201, tags=["libraries"])
+async def create_library(runtime: RuntimeDep, data: JSONBody[LibraryCreate]) -> LibraryOut:
+    """Create a library (201). A taken name is a 409."""
+    out: LibraryOut = await runtime.dispatcher.execute("create_library", None, data)
+    return out
+
+
+@get("/v1/libraries", tags=["libraries"])
+async def list_libraries(runtime: RuntimeDep) -> LibraryList:
+    """Every library, in creation order."""
+    out: LibraryList = await runtime.dispatcher.execute("list_libraries", None)
+    return out
+
+
+@get(LIBRARY, tags=["libraries"])
+async def get_library(runtime: RuntimeDep, library_id: FromPath[str]) -> LibraryOut:
+    out: LibraryOut = await runtime.dispatcher.execute("get_library", library_id)
+    return out
+
+
+@patch(LIBRARY, tags=["libraries"])
+async def update_library(
+    runtime: RuntimeDep, library_id: FromPath[str], data: JSONBody[LibraryUpdate]
+) -> LibraryOut:
+    """Change the name, description or metadata; fields left out stay as they are."""
+    out: LibraryOut = await runtime.dispatcher.execute("update_library", library_id, data)
+    return out
+
+
+@delete(LIBRARY, status_code=204, tags=["libraries"])
+async def delete_library(runtime: RuntimeDep, library_id: FromPath[str]) -> None:
+    """Delete a library with all of its documents (204)."""
+    await runtime.dispatcher.execute("delete_library", library_id)
+
+
+# -- documents ------------------------------------------------------------------------------
+
+
+@post(LIBRARY + "/documents", status_code=201, tags=["documents"])
+async def add_documents(
+    runtime: RuntimeDep, library_id: FromPath[str], data: JSONBody[DocumentsIn]
+) -> DocumentOut | list[DocumentOut]:
+    """Add a document (``text`` or ``chunks``), or a list of them in one commit (201)."""
+    out: DocumentOut | list[DocumentOut] = await runtime.dispatcher.execute("add", library_id, data)
+    return out
+
+
+@get(LIBRARY + "/documents", tags=["documents"])
+async def list_documents(
+    runtime: RuntimeDep,
+    library_id: FromPath[str],
+    limit: Annotated[int, QueryParameter(description="Page size, 1..1000.")] = 100,
+    cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of a page.")] = None,
+) -> DocumentPage:
+    """Documents in insertion order, without chunks; follow ``next_cursor`` for more."""
+    out: DocumentPage = await runtime.dispatcher.execute(
+        "list_documents", library_id, DocumentList(limit=limit, cursor=cursor)
+    )
+    return out
+
+
+@get(DOCUMENT, tags=["documents"])
+async def get_document(
+    runtime: RuntimeDep,
+    library_id: FromPath[str],
+    document_id: FromPath[str],
+    include_embedding: Annotated[bool, QueryParameter(description="With embeddings.")] = False,
+) -> DocumentOut:
+    """A document with its chunks."""
+    request = DocumentGet(document_id=document_id, include_embedding=include_embedding)
+    out: DocumentOut = await runtime.dispatcher.execute("get", library_id, request)
+    return out
+
+
+@patch(DOCUMENT, tags=["documents"])
+async def update_document(
+    runtime: RuntimeDep,
+    library_id: FromPath[str],
+    document_id: FromPath[str],
+    data: JSONBody[DocumentPatch],
+) -> DocumentOut:
+    """Change title/metadata, or replace the content with ``text`` or ``chunks``."""
+    request = DocumentUpdate(document_id=document_id, patch=data)
+    out: DocumentOut = await runtime.dispatcher.execute("update_document", library_id, request)
+    return out
+
+
+@delete(DOCUMENT, status_code=204, tags=["documents"])
+async def delete_document(
+    runtime: RuntimeDep, library_id: FromPath[str], document_id: FromPath[str]
+) -> None:
+    await runtime.dispatcher.execute("delete", library_id, DocumentId(document_id=document_id))
+
+
+# -- search ---------------------------------------------------------------------------------
+
+
+@post(LIBRARY + "/search", status_code=200, tags=["search"])
+async def search(
+    runtime: RuntimeDep, library_id: FromPath[str], data: JSONBody[SearchIn]
+) -> SearchOut:
+    """The ``k`` best chunks (matching ``filter``), best first."""
+    out: SearchOut = await runtime.dispatcher.execute("search", library_id, data)
+    return out
+
+
+# -- health ---------------------------------------------------------------------------------
+
+
+@get("/v1/health", tags=["health"])
+async def health() -> Health:
+    """Liveness: the process serves requests."""
+    return Health(status="ok", version=VERSION)
+
+
+@get("/v1/health/ready", tags=["health"])
+async def ready(runtime: RuntimeDep) -> Readiness | Response[bytes]:
+    """Readiness: the adapters can serve (503 with problem details otherwise)."""
+    if runtime.closing:
+        return problem_response(classify(ShuttingDown("the server is shutting down")))
+    await runtime.dispatcher.execute("ready", None)
+    return Readiness(status="ready")
+
+
+def router() -> Router:
+    """The REST transport (libraries, documents, search)."""
+    return Router(
+        path="/",
+        route_handlers=[
+            create_library,
+            list_libraries,
+            get_library,
+            update_library,
+            delete_library,
+            add_documents,
+            list_documents,
+            get_document,
+            update_document,
+            delete_document,
+            search,
+        ],
+        dto=WireBody,
+        return_dto=None,
+    )
+
+
+def health_router() -> Router:
+    """Liveness and readiness: always served."""
+    return Router(path="/", route_handlers=[health, ready])

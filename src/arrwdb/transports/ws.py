@@ -1,0 +1,354 @@
+"""The WebSocket transport: ``WS /v1/libraries/{library_id}/ws``, the seed's protocol.
+
+On connect the server subscribes the connection to the library's events (registered before the
+welcome is sent), accepts, and sends ``{"type": "system", "message": "Connected to library <id>",
+"connection_id"}``. An unknown library is closed with 4404.
+
+Each connection runs, in one task group:
+
+* a **reader** that decodes each message (``envelopes.ws_request_decoder``) and starts one
+  worker per request, at most ``settings.ws_max_inflight`` at a time (pipelining; beyond that
+  the reader waits, which pushes back on the client). A message that is not JSON, not a
+  request, names an unknown action or fails validation is answered with an error response and
+  the socket stays open;
+* a **pump** that moves events from the subscription to the outbound queue, encoded once per
+  event for all subscribers (``runtime.frames``);
+* a **writer** that sends the outbound queue (``settings.ws_send_queue`` frames, bounded).
+
+A client that does not read is cut off: when the outbound queue stays full for
+``settings.ws_send_timeout`` seconds (a burst, such as one bulk commit, may fill it briefly), or
+the subscription falls more than ``settings.subscriber_buffer`` events behind, the connection is
+closed with 4008 ("slow consumer"). Publishers never wait for a subscriber, and other
+connections are not slowed. At server shutdown, requests in flight are answered,
+then the socket is closed with 1001.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup, TaskStatus
+from litestar import Router, WebSocket, get, websocket
+from litestar.params import FromPath
+from msgspec import UNSET
+
+from arrwdb.domain.errors import NotFoundError, SlowConsumerError, SubscriptionClosedError
+from arrwdb.domain.ports import Subscription
+from arrwdb.transports.envelopes import (
+    RequestId,
+    SubscribeRequest,
+    SubscriptionState,
+    UnsubscribeRequest,
+    WSRequest,
+    WSResponse,
+    WSSystem,
+    protocol_error,
+    ws_request_decoder,
+)
+from arrwdb.transports.errors import classify
+from arrwdb.transports.messages import WebSocketStats, encoder
+from arrwdb.transports.runtime import Runtime, RuntimeDep
+
+logger = logging.getLogger("arrwdb.ws")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_NOT_FOUND = 4404
+_CLOSE_TIMEOUT = 5.0
+
+
+def _frame(message: Any) -> str:
+    return encoder.encode(message).decode()
+
+
+def _reason(text: str) -> str:
+    """A close reason: at most 123 bytes of UTF-8 (RFC 6455)."""
+    return text.encode()[:120].decode(errors="ignore")
+
+
+def _error(request_id: RequestId, code: str, message: str, field: str | None = None) -> str:
+    return _frame(
+        WSResponse(
+            request_id=request_id,
+            success=False,
+            error=message,
+            code=code,
+            field=UNSET if field is None else field,
+        )
+    )
+
+
+class _Connection:
+    """One WebSocket connection (implements ``runtime.Connection``)."""
+
+    def __init__(self, socket: WebSocket[Any, Any, Any], runtime: Runtime, library_id: str):
+        settings = runtime.settings
+        self.connection_id = str(uuid.uuid4())
+        self.library_id = library_id
+        self._socket = socket
+        self._runtime = runtime
+        self._max_message = settings.max_ws_message_bytes
+        self._send_timeout = settings.ws_send_timeout
+        self._out, self._out_reader = anyio.create_memory_object_stream[str](settings.ws_send_queue)
+        self._slots = anyio.Semaphore(settings.ws_max_inflight)
+        self._sub: Subscription | None = None
+        self._pump_scope: anyio.CancelScope | None = None
+        self._read_scope = anyio.CancelScope()
+        self._close: tuple[int, str] | None = None
+        self._disconnected = False
+        self._writer_done = anyio.Event()
+        self._finished = anyio.Event()
+        self._tg: TaskGroup | None = None
+
+    @property
+    def subscribed(self) -> bool:
+        return self._sub is not None
+
+    async def shutdown(self) -> None:
+        self._request_close(CLOSE_GOING_AWAY, "server shutting down")
+        await self._finished.wait()
+
+    async def run(self, sub: Subscription) -> None:
+        """Serve the connection until the client leaves or it is closed."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                welcome = WSSystem(
+                    message=f"Connected to library {self.library_id}",
+                    connection_id=self.connection_id,
+                )
+                self._out.send_nowait(_frame(welcome))  # the first frame, before any event
+                tg.start_soon(self._write_loop)
+                await self._start_pump(sub)
+                async with anyio.create_task_group() as workers:
+                    with self._read_scope:
+                        await self._read_loop(workers)
+                    if self._disconnected or self._close_code() != CLOSE_GOING_AWAY:
+                        workers.cancel_scope.cancel()
+                if not self._disconnected and self._close_code() == CLOSE_GOING_AWAY:
+                    self._stop_pump()
+                    self._out.close()  # the writer sends what is queued, then stops
+                    with anyio.move_on_after(_CLOSE_TIMEOUT):
+                        await self._writer_done.wait()
+                tg.cancel_scope.cancel()
+        except Exception:
+            logger.exception("WebSocket %s failed", self.connection_id)
+            self._close = self._close or (1011, "internal error")
+        finally:
+            self._stop_pump()
+        try:
+            if not self._disconnected:
+                code, reason = self._close or (1000, "")
+                with anyio.move_on_after(_CLOSE_TIMEOUT):
+                    await self._socket.close(code=code, reason=_reason(reason))
+        except Exception:  # the client dropped the connection meanwhile
+            logger.debug("closing %s failed", self.connection_id, exc_info=True)
+        finally:
+            self._finished.set()
+
+    def _close_code(self) -> int | None:
+        return self._close[0] if self._close else None
+
+    def _request_close(self, code: int, reason: str) -> None:
+        if self._close is None and not self._disconnected:
+            self._close = (code, reason)
+            logger.info("WebSocket %s closing: %d %s", self.connection_id, code, reason)
+        self._read_scope.cancel()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def _read_loop(self, workers: TaskGroup) -> None:
+        while True:
+            message = await self._socket.receive()
+            if message["type"] != "websocket.receive":
+                self._disconnected = True
+                return
+            text = message.get("text")
+            await self._handle(text if text is not None else message.get("bytes") or b"", workers)
+
+    async def _handle(self, data: str | bytes, workers: TaskGroup) -> None:
+        if len(data) > self._max_message:
+            limit = self._max_message
+            await self._send(_error(None, "payload_too_large", f"message exceeds {limit} bytes"))
+            return
+        try:
+            request = ws_request_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            fault = protocol_error(data, exc)
+            await self._send(_error(fault.request_id, fault.code, fault.message, fault.field))
+            return
+        if isinstance(request, SubscribeRequest):
+            await self._subscribe(request)
+        elif isinstance(request, UnsubscribeRequest):
+            await self._unsubscribe(request)
+        else:
+            await self._slots.acquire()
+            workers.start_soon(self._serve, request)
+
+    async def _serve(self, request: WSRequest) -> None:
+        try:
+            action = type(request).__struct_config__.tag
+            try:
+                data = await self._runtime.dispatcher.execute(
+                    str(action), self.library_id, request.data
+                )
+                frame = _frame(WSResponse(request_id=request.request_id, success=True, data=data))
+            except Exception as exc:
+                fault = classify(exc)
+                frame = _error(request.request_id, fault.code, fault.message, fault.field)
+            await self._send(frame)
+        finally:
+            self._slots.release()
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def _subscribe(self, request: SubscribeRequest) -> None:
+        rid, since, types = request.request_id, request.data.since, request.data.types
+        state = SubscriptionState(subscribed=True, library_id=self.library_id)
+        if since is None and types is None and self._sub is not None:
+            await self._send(_frame(WSResponse(request_id=rid, success=True, data=state)))
+            return
+        try:
+            sub = self._runtime.service.subscribe(self.library_id, since=since, types=types)
+        except Exception as exc:
+            fault = classify(exc)
+            await self._send(_error(rid, fault.code, fault.message, fault.field))
+            return
+        self._stop_pump()
+        if sub.reset:
+            message = (
+                f"events after {since!r} are no longer retained; subscribed to live events "
+                "from now on: resynchronise"
+            )
+            await self._send(_error(rid, "history_lost", message, "since"))
+        else:
+            await self._send(_frame(WSResponse(request_id=rid, success=True, data=state)))
+        await self._start_pump(sub)
+
+    async def _unsubscribe(self, request: UnsubscribeRequest) -> None:
+        self._stop_pump()
+        state = SubscriptionState(subscribed=False)
+        await self._send(
+            _frame(WSResponse(request_id=request.request_id, success=True, data=state))
+        )
+
+    async def _start_pump(self, sub: Subscription) -> None:
+        assert self._tg is not None
+        self._sub = sub
+        self._pump_scope = await self._tg.start(self._pump, sub)
+
+    def _stop_pump(self) -> None:
+        if self._pump_scope is not None:
+            self._pump_scope.cancel()
+            self._pump_scope = None
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+
+    async def _pump(
+        self,
+        sub: Subscription,
+        *,
+        task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        frames = self._runtime.frames
+        with anyio.CancelScope() as scope:
+            task_status.started(scope)
+            try:
+                while True:
+                    event = await sub.aget()
+                    if event is None:
+                        continue
+                    frame = frames.ws(event)
+                    try:
+                        self._out.send_nowait(frame)
+                    except anyio.WouldBlock:
+                        # a burst (one bulk commit) may fill the queue: wait, but not forever
+                        with anyio.move_on_after(self._send_timeout):
+                            await self._out.send(frame)
+                            continue
+                        self._request_close(CLOSE_SLOW_CONSUMER, "slow consumer: not reading")
+                        return
+            except SlowConsumerError:
+                self._request_close(CLOSE_SLOW_CONSUMER, "slow consumer: fell behind the events")
+            except SubscriptionClosedError:
+                if self._runtime.closing:
+                    self._request_close(CLOSE_GOING_AWAY, "server shutting down")
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def _send(self, frame: str) -> None:
+        # closing: the answer has nowhere to go
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._out.send(frame)
+
+    async def _write_loop(self) -> None:
+        try:
+            async with self._out_reader:
+                async for frame in self._out_reader:
+                    await self._socket.send_data(frame)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception:  # the client went away mid-send
+            self._disconnected = True
+            self._read_scope.cancel()
+        finally:
+            self._writer_done.set()
+
+
+@websocket("/v1/libraries/{library_id:str}/ws")
+async def library_socket(
+    socket: WebSocket[Any, Any, Any], library_id: FromPath[str], runtime: RuntimeDep
+) -> None:
+    """The seed's WebSocket protocol (see docs/protocol.md)."""
+    if runtime.closing:
+        await socket.accept()
+        await socket.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
+        return
+    try:
+        # registered before the welcome: no event after it can be missed
+        sub = runtime.service.subscribe(library_id)
+    except NotFoundError:
+        await socket.accept()
+        reason = _reason(f"library {library_id!r} not found")
+        await socket.close(code=CLOSE_NOT_FOUND, reason=reason)
+        logger.info("WebSocket refused: %s", reason)
+        return
+    conn = _Connection(socket, runtime, library_id)
+    try:
+        await socket.accept()
+    except Exception:
+        sub.close()
+        return
+    total = runtime.connections.add(conn)
+    logger.info(
+        "WebSocket connected: %s (library: %s), total connections: %d",
+        conn.connection_id,
+        library_id,
+        total,
+    )
+    try:
+        await conn.run(sub)
+    finally:
+        remaining = runtime.connections.remove(conn)
+        logger.info(
+            "WebSocket disconnected: %s, remaining connections: %d", conn.connection_id, remaining
+        )
+
+
+@get("/v1/websockets/stats", tags=["websockets"])
+async def websocket_stats(runtime: RuntimeDep) -> WebSocketStats:
+    """Open WebSocket connections, and subscriptions per library."""
+    return runtime.connections.stats()
+
+
+def router() -> Router:
+    """The WebSocket transport (and its statistics)."""
+    return Router(path="/", route_handlers=[library_socket, websocket_stats])

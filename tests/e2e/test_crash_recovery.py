@@ -1,0 +1,260 @@
+"""kill -9 a durable server while clients ingest over NDJSON; nothing acknowledged may be lost.
+
+Each trial: start ``arrwdb serve --storage disk`` on the same data directory, let several
+clients ingest concurrently (each request a few NDJSON lines), while an SSE client follows the
+library's change stream; SIGKILL the server at a random moment; restart it and check that
+- every document whose success line a client received is present and searchable,
+- the SSE stream resumed with the last id seen before the kill delivers exactly the missed
+  events (consecutive ids, no duplicates, covering every acknowledged document not yet seen),
+- event ids go on increasing after the restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from httpx_sse import connect_sse
+
+TRIALS = int(os.environ.get("ARRWDB_CRASH_TRIALS", "20"))
+CLIENTS = 4
+DIM = 16
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "arrwdb.cli",
+                "serve",
+                "--storage",
+                "disk",
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{self.url}/v1/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("server did not become ready")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+
+
+def _vector(key: str) -> list[float]:
+    seed = int.from_bytes(key.encode()[-8:].rjust(8, b"\0"), "little")
+    return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32).tolist()
+
+
+def _ingest(
+    url: str, library_id: str, client: int, trial: int, acked: dict[str, str], stop: threading.Event
+) -> None:
+    """Send small NDJSON requests until the server dies; record acknowledged documents."""
+    batch = 0
+    with httpx.Client(base_url=url, timeout=10) as http:
+        while not stop.is_set():
+            keys = [f"t{trial}-c{client}-b{batch}-{i}" for i in range(5)]
+            body = "".join(
+                json.dumps(
+                    {
+                        "title": k,
+                        "metadata": {"key": k},
+                        "chunks": [{"text": k, "embedding": _vector(k)}],
+                    }
+                )
+                + "\n"
+                for k in keys
+            )
+            try:
+                with http.stream(
+                    "POST",
+                    f"/v1/libraries/{library_id}/documents/stream",
+                    content=body.encode(),
+                    headers={"content-type": "application/x-ndjson"},
+                ) as response:
+                    for line in response.iter_lines():
+                        if not line:
+                            continue
+                        msg = json.loads(line)
+                        if msg.get("success"):
+                            acked[keys[msg["line"] - 1]] = msg["document_id"]
+            except (httpx.TransportError, httpx.RemoteProtocolError, json.JSONDecodeError):
+                return
+            batch += 1
+
+
+def _follow(
+    url: str, library_id: str, since: str | None, seen: list[dict[str, Any]], ready: threading.Event
+) -> None:
+    headers = {"Last-Event-ID": since} if since else {}
+    try:
+        with (
+            httpx.Client(timeout=httpx.Timeout(10, read=None)) as http,
+            connect_sse(
+                http, "GET", f"{url}/v1/libraries/{library_id}/events", headers=headers
+            ) as source,
+        ):
+            ready.set()
+            for sse in source.iter_sse():
+                if sse.event and sse.data:
+                    seen.append(json.loads(sse.data))
+    except (httpx.TransportError, httpx.RemoteProtocolError):
+        return
+    finally:
+        ready.set()
+
+
+def test_no_acknowledged_write_is_lost_across_kill_9(tmp_path: Path) -> None:
+    rng = random.Random(1234)
+    data_dir = tmp_path / "data"
+    acked: dict[str, str] = {}
+    last_seen_id: str | None = None
+    resume_threads: list[threading.Thread] = []
+    server = Server(data_dir)
+    server.start()
+    try:
+        library_id = httpx.post(
+            f"{server.url}/v1/libraries", json={"name": "crash", "dimension": DIM, "index": "flat"}
+        ).json()["id"]
+        for trial in range(TRIALS):
+            # -- ingest while an SSE client follows, then kill -9 -----------------------------
+            seen: list[dict[str, Any]] = []
+            ready = threading.Event()
+            follower = threading.Thread(
+                target=_follow, args=(server.url, library_id, last_seen_id, seen, ready)
+            )
+            follower.start()
+            assert ready.wait(10)
+            stop = threading.Event()
+            trial_acked: dict[str, str] = {}
+            clients = [
+                threading.Thread(
+                    target=_ingest, args=(server.url, library_id, c, trial, trial_acked, stop)
+                )
+                for c in range(CLIENTS)
+            ]
+            for t in clients:
+                t.start()
+            time.sleep(rng.uniform(0.2, 1.0))
+            server.kill()
+            stop.set()
+            for t in [*clients, follower]:
+                t.join(timeout=30)
+            acked.update(trial_acked)
+            ids = [int(e["id"]) for e in seen]
+            assert ids == sorted(set(ids)), "events out of order or duplicated"
+            if last_seen_id is not None and ids:
+                assert ids[0] == int(last_seen_id) + 1
+            seen_docs = {e["data"]["document_id"] for e in seen if e["type"] == "document.added"}
+            if ids:
+                last_seen_id = str(ids[-1])
+
+            # -- restart: everything acknowledged is there, and the stream resumes -----------
+            server = Server(data_dir)
+            server.start()
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                lib = http.get(f"/v1/libraries/{library_id}").json()
+                assert lib["document_count"] >= len(acked)
+                for key, doc_id in acked.items():
+                    response = http.get(f"/v1/libraries/{library_id}/documents/{doc_id}")
+                    assert response.status_code == 200, f"lost acknowledged {key}"
+                for key, doc_id in list(trial_acked.items())[:20]:
+                    hits = http.post(
+                        f"/v1/libraries/{library_id}/search",
+                        json={"query_vector": _vector(key), "k": 1, "filter": {"key": key}},
+                    ).json()["results"]
+                    assert [h["document_id"] for h in hits] == [doc_id]
+            missed: list[dict[str, Any]] = []
+            ready = threading.Event()
+            resume = threading.Thread(
+                target=_follow, args=(server.url, library_id, last_seen_id, missed, ready)
+            )
+            resume.start()
+            assert ready.wait(10)
+            # a marker write after the restart: the resumed stream ends with its event
+            marker = httpx.post(
+                f"{server.url}/v1/libraries/{library_id}/documents",
+                json={
+                    "title": f"marker-{trial}",
+                    "chunks": [{"text": "m", "embedding": _vector("m")}],
+                },
+            ).json()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(
+                e["data"].get("document_id") == marker["id"] for e in missed
+            ):
+                time.sleep(0.02)
+            missed_ids = [int(e["id"]) for e in missed]
+            assert missed_ids, "resumed stream delivered nothing"
+            start = int(last_seen_id) + 1 if last_seen_id else 1
+            assert missed_ids == list(range(start, start + len(missed_ids))), "gap or duplicate"
+            assert missed[-1]["data"]["document_id"] == marker["id"]
+            resumed_docs = {e["data"]["document_id"] for e in missed}
+            for doc_id in trial_acked.values():
+                assert doc_id in seen_docs or doc_id in resumed_docs, "acknowledged event missing"
+            last_seen_id = str(missed_ids[-1])
+            # the follower thread ends when the server is killed at the next trial
+            resume_threads.append(resume)
+        # the trials did write: many acknowledged documents, some kills mid-ingest
+        assert len(acked) >= TRIALS * 20, len(acked)
+        print(f"{TRIALS} kill -9 trials, {len(acked)} acknowledged documents, none lost")
+    finally:
+        server.stop()
+        for t in resume_threads:
+            t.join(timeout=10)

@@ -1,0 +1,88 @@
+"""The one error table of the transports (``arrwdb.transports.errors``)."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+import pytest
+
+from arrwdb.domain.errors import (
+    AlreadyExistsError,
+    DimensionMismatchError,
+    DocumentNotFoundError,
+    InternalError,
+    InvalidArgumentError,
+    InvalidFilterError,
+    InvalidVectorError,
+    LibraryNotFoundError,
+    SlowConsumerError,
+    StorageError,
+    ValidationError,
+)
+from arrwdb.transports.errors import (
+    INTERNAL_MESSAGE,
+    BadRequest,
+    PayloadTooLarge,
+    ShuttingDown,
+    UnsupportedMediaType,
+    classify,
+)
+from arrwdb.transports.messages import SearchIn, decode
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (ValidationError("v"), 422, "validation_error"),
+        (DimensionMismatchError(3, 2), 422, "dimension_mismatch"),
+        (InvalidVectorError("nan"), 422, "invalid_vector"),
+        (InvalidFilterError("op"), 422, "invalid_filter"),
+        (InvalidArgumentError("k", field="k"), 422, "invalid_argument"),
+        (LibraryNotFoundError("x"), 404, "not_found"),
+        (DocumentNotFoundError("d", "x"), 404, "not_found"),
+        (AlreadyExistsError("dup"), 409, "already_exists"),
+        (StorageError("disk"), 503, "storage_error"),
+        (SlowConsumerError("slow"), 503, "slow_consumer"),
+        (BadRequest("b"), 400, "bad_request"),
+        (PayloadTooLarge("big"), 413, "payload_too_large"),
+        (UnsupportedMediaType("xml"), 415, "unsupported_media_type"),
+        (ShuttingDown("bye"), 503, "shutting_down"),
+    ],
+)
+def test_the_table(exc: Exception, status: int, code: str) -> None:
+    fault = classify(exc)
+    assert (fault.status, fault.code) == (status, code)
+    assert fault.message == str(exc)
+    problem = fault.problem()
+    assert (problem.status, problem.code, problem.detail) == (status, code, str(exc))
+    assert problem.type.endswith(code)
+    assert problem.title
+
+
+def test_domain_errors_carry_their_field() -> None:
+    assert classify(InvalidArgumentError("k out of range", field="k")).field == "k"
+
+
+def test_malformed_json_is_400_and_a_broken_rule_is_422() -> None:
+    with pytest.raises(msgspec.DecodeError) as malformed:
+        decode(SearchIn, b"[1, 2")  # msgspec meets the type error first; it is still malformed
+    assert not isinstance(malformed.value, msgspec.ValidationError)
+    assert classify(malformed.value).status == 400
+    with pytest.raises(msgspec.ValidationError) as invalid:
+        decode(SearchIn, b'{"k": 0}')
+    fault = classify(invalid.value)
+    assert (fault.status, fault.code, fault.field) == (422, "validation_error", "k")
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("secret: db password"), InternalError("secret")])
+def test_unexpected_errors_are_opaque_and_logged(
+    exc: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="arrwdb.transports"):
+        fault = classify(exc)
+    assert (fault.status, fault.code, fault.message) == (500, "internal_error", INTERNAL_MESSAGE)
+    assert "secret" not in fault.message
+    assert caplog.records
+    assert caplog.records[0].exc_info is not None
+    assert caplog.records[0].exc_info[1] is exc
