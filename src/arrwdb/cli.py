@@ -39,7 +39,34 @@ def _parser() -> argparse.ArgumentParser:
         choices=("critical", "error", "warning", "info", "debug"),
         help="log level (default info)",
     )
+    snapshot = commands.add_parser(
+        "snapshot",
+        help="write a consistent backup of a data directory (the server must not be running)",
+    )
+    snapshot.add_argument("destination", help="an empty or new directory for the backup")
+    snapshot.add_argument("--data-dir", help=f"the data directory ({DEFAULT_DATA_DIR})")
     return parser
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from arrwdb.adapters.storage.disk import DiskRepository
+    from arrwdb.domain.errors import StorageError
+
+    data_dir = args.data_dir or os.environ.get("ARRWDB_DATA_DIR") or DEFAULT_DATA_DIR
+    if not os.path.isdir(data_dir):
+        print(f"arrwdb snapshot: no data directory at {data_dir}", file=sys.stderr)
+        return 2
+    try:
+        store = DiskRepository(data_dir)
+        try:
+            path = store.snapshot_to(args.destination)
+        finally:
+            store.close()
+    except StorageError as exc:
+        print(f"arrwdb snapshot: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -85,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "snapshot":
+        return _snapshot(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

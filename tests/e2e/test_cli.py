@@ -124,3 +124,31 @@ def test_disk_storage_is_the_default_and_a_locked_directory_is_refused(tmp_path:
 def test_bad_options_are_refused(bad: list[str]) -> None:
     proc = subprocess.run([ARRWDB, "serve", *bad], capture_output=True, text=True)
     assert proc.returncode == 2
+
+
+def test_snapshot_writes_a_backup_that_opens_on_its_own(tmp_path: Path) -> None:
+    import arrwdb
+
+    db = arrwdb.open(str(tmp_path / "data"))
+    lib = db.create_library("kept")
+    doc = lib.add_document(title="t", text="kept across the backup")
+    db.close()
+    done = subprocess.run(
+        [ARRWDB, "snapshot", str(tmp_path / "backup"), "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    copy = arrwdb.open(str(tmp_path / "backup"))
+    assert copy.get_library("kept").get_document(doc.id).title == "t"
+    copy.close()
+    # the backup directory must be empty: a second snapshot into it fails clearly
+    again = subprocess.run(
+        [ARRWDB, "snapshot", str(tmp_path / "backup"), "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 1
+    assert "not empty" in again.stderr
