@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict
+from datetime import timedelta
 
 from dependency_injector import containers, providers
 
@@ -54,6 +55,10 @@ def _service(
         service.close()
 
 
+def _seconds(value: float | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)
+
+
 class Container(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
 
@@ -65,6 +70,7 @@ class Container(containers.DeclarativeContainer):
             config.data_dir,
             fsync=config.fsync,
             event_retention=config.history_size,
+            event_max_age=providers.Callable(_seconds, config.history_max_age),
         ),
     )
 
