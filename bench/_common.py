@@ -86,7 +86,7 @@ def exact_top_k(vectors: F32, queries: F32, k: int, *, block: int = 256) -> I64:
 
 def recall_at_k(found: I64, truth: I64) -> float:
     """Mean fraction of the true ``k`` nearest among those found (``-1`` pads count as misses)."""
-    k = truth.shape[1]
+    k = int(truth.shape[1])
     hits = sum(
         len(set(f[:k].tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)
     )

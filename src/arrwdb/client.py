@@ -16,7 +16,11 @@ import numpy as np
 
 from arrwdb.config import Settings
 from arrwdb.container import Container, build_container
-from arrwdb.domain.errors import LibraryNotFoundError, SubscriptionClosedError
+from arrwdb.domain.errors import (
+    InvalidArgumentError,
+    LibraryNotFoundError,
+    SubscriptionClosedError,
+)
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import (
     Document,
@@ -187,6 +191,39 @@ class LibraryHandle:
         )
         return self._service.search(self.id, q)
 
+    def search_many(
+        self,
+        queries: Iterable[Query] | np.ndarray,
+        k: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        ef: int | None = None,
+        include_embedding: bool = False,
+    ) -> list[SearchResult]:
+        """Several searches in one call, one result per query in order, each as ``search``
+        gives it. ``queries``: texts, vectors, or a 2-D numpy array (one query per row).
+        Vector queries are searched as one batch (the index's batched path)."""
+        if isinstance(queries, np.ndarray) and queries.ndim == 2:
+            return self._service.search_vectors(
+                self.id, queries, k=k, filter=filter, ef=ef, include_embedding=include_embedding
+            )
+        if isinstance(queries, str | np.ndarray):
+            raise InvalidArgumentError(
+                "queries must be a list of queries or a 2-D array", field="queries"
+            )
+        batch = [
+            SearchQuery(
+                text=q if isinstance(q, str) else None,
+                vector=None if isinstance(q, str) else q,
+                k=k,
+                filter=filter,
+                ef=ef,
+                include_embedding=include_embedding,
+            )
+            for q in queries
+        ]
+        return self._service.search_many(self.id, batch)
+
     def get_document(self, document_id: str, *, include_embedding: bool = True) -> Document:
         return self._service.get_document(self.id, document_id, include_embedding=include_embedding)
 
@@ -355,6 +392,10 @@ class AsyncLibraryHandle:
 
     async def search(self, query: Query, k: int = 10, **kw: Any) -> SearchResult:
         result: SearchResult = await self._run(self._h.search, query, k, **kw)
+        return result
+
+    async def search_many(self, queries: Any, k: int = 10, **kw: Any) -> list[SearchResult]:
+        result: list[SearchResult] = await self._run(self._h.search_many, queries, k, **kw)
         return result
 
     async def get_document(self, document_id: str, **kw: Any) -> Document:

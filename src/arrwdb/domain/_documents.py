@@ -6,6 +6,7 @@ under the commit lock in case a concurrent write fixed the library's dimension m
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,12 +60,13 @@ class DocumentBuilder:
         texts: list[str] = []
         chunk_meta: list[dict[str, object]] = []
         explicit: dict[int, object] = {}  # chunk row -> given embedding
-        fields: dict[int, str] = {}
+        fields: dict[int, str] = {}  # chunk row -> "documents[i].chunks[j]" (formatted lazily)
         shapes: list[tuple[str, str, dict[str, object], str | None, int]] = []
+        check_text, check_metadata = v.check_text, v.check_metadata
         for i, doc in enumerate(documents):
             where = "" if one else f"documents[{i}]."
-            title = v.check_text(doc.title if doc.title is not None else "", f"{where}title")
-            metadata = v.check_metadata(doc.metadata, f"{where}metadata")
+            title = check_text(doc.title if doc.title is not None else "", f"{where}title")
+            metadata = check_metadata(doc.metadata, f"{where}metadata")
             doc_id = None if doc.id is None else v.check_name(doc.id, f"{where}id")
             if (doc.text is None) == (doc.chunks is None):
                 raise InvalidArgumentError(
@@ -73,7 +75,7 @@ class DocumentBuilder:
                 )
             first = len(texts)
             if doc.text is not None:
-                pieces = self._chunker.split(v.check_text(doc.text, f"{where}text"))
+                pieces = self._chunker.split(check_text(doc.text, f"{where}text"))
                 if not pieces:
                     raise InvalidArgumentError(f"{where}text is empty", field=f"{where}text")
                 texts.extend(pieces)
@@ -84,32 +86,35 @@ class DocumentBuilder:
                     raise InvalidArgumentError(
                         f"{where}chunks must be a non-empty list", field=f"{where}chunks"
                     )
+                # the per-chunk loop of a bulk load: field names are formatted only for errors
                 for j, chunk in enumerate(doc.chunks):
-                    cwhere = f"{where}chunks[{j}]"
-                    row = len(texts)
-                    texts.append(v.check_text(chunk.text, f"{cwhere}.text"))
-                    chunk_meta.append(v.check_metadata(chunk.metadata, f"{cwhere}.metadata"))
+                    text = chunk.text
+                    if type(text) is not str:
+                        text = check_text(text, f"{where}chunks[{j}].text")
+                    meta = chunk.metadata
+                    texts.append(text)
+                    chunk_meta.append(
+                        {}
+                        if type(meta) is dict and not meta
+                        else check_metadata(meta, f"{where}chunks[{j}].metadata")
+                    )
                     if chunk.embedding is not None:
+                        row = len(texts) - 1
                         explicit[row] = chunk.embedding
-                        fields[row] = f"{cwhere}.embedding"
+                        fields[row] = f"{where}chunks[{j}]"
             shapes.append((title, where, metadata, doc_id, len(texts) - first))
 
         vectors = self._vectors(library, texts, explicit, fields)
+        rows = list(vectors)  # one view per chunk
+        chunk_ids = new_ids(len(texts))
         now = utcnow()
         docs: list[Document] = []
         row = 0
         for title, _, metadata, doc_id, count in shapes:
             did = doc_id or new_id()
             chunks = tuple(
-                Chunk(
-                    id=new_id(),
-                    document_id=did,
-                    position=p,
-                    text=texts[row + p],
-                    metadata=chunk_meta[row + p],
-                    embedding=vectors[row + p],
-                )
-                for p in range(count)
+                Chunk(chunk_ids[r], did, r - row, texts[r], chunk_meta[r], rows[r])
+                for r in range(row, row + count)
             )
             row += count
             docs.append(
@@ -144,7 +149,8 @@ class DocumentBuilder:
                 # find the first offending chunk, to name it
                 for row, value in explicit.items():
                     dim = dim or _length(value)
-                    v.as_vector(value, dim, metric, fields[row])  # type: ignore[arg-type]
+                    field = f"{fields[row]}.embedding"
+                    v.as_vector(value, dim, metric, field)  # type: ignore[arg-type]
                 raise
             dim = int(given.shape[1])
         missing = [row for row in range(len(texts)) if row not in explicit]
@@ -196,6 +202,27 @@ class DocumentBuilder:
         if not rows:
             return np.empty((0, 0), dtype=np.float32)
         return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+
+
+def new_ids(count: int) -> list[str]:
+    """``count`` fresh UUID4 strings, as ``new_id()`` makes them (random version-4 UUIDs in
+    canonical form), from one ``os.urandom`` call: ~15x cheaper per id than ``uuid.uuid4()``."""
+    if count <= 0:
+        return []
+    raw = np.frombuffer(os.urandom(16 * count), dtype=np.uint8).reshape(count, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    nibbles = np.empty((count, 32), dtype=np.uint8)
+    nibbles[:, 0::2] = _HEX_DIGITS[raw >> 4]
+    nibbles[:, 1::2] = _HEX_DIGITS[raw & 0x0F]
+    text = np.full((count, 36), ord("-"), dtype=np.uint8)  # 8-4-4-4-12 hex digits
+    for dashes, (start, stop) in enumerate(((0, 8), (8, 12), (12, 16), (16, 20), (20, 32))):
+        text[:, start + dashes : stop + dashes] = nibbles[:, start:stop]
+    joined = text.tobytes().decode("ascii")
+    return [joined[o : o + 36] for o in range(0, 36 * count, 36)]
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
 def _length(value: object) -> int | None:

@@ -6,6 +6,7 @@ transports report the same message and code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -23,6 +24,7 @@ MAX_EF: Final = 10_000
 MAX_DIMENSION: Final = 65_536
 MAX_NAME_LENGTH: Final = 256
 _SCALARS = (str, int, float, bool, type(None))
+_PLAIN_NUMBERS: Final = frozenset({float, int})
 
 
 def check_k(k: object) -> int:
@@ -62,8 +64,10 @@ def check_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
     what was stored)."""
     if metadata is None:
         return {}
-    if not isinstance(metadata, Mapping):
+    if type(metadata) is not dict and not isinstance(metadata, Mapping):
         raise InvalidArgumentError(f"{field} must be an object", field=field)
+    if not metadata:
+        return {}
     out: dict[str, Any] = {}
     for key, value in metadata.items():
         if not isinstance(key, str):
@@ -190,11 +194,30 @@ def as_vector(
     vector: Sequence[float] | Vector, dimension: int | None, metric: Metric, field: str
 ) -> Vector:
     """One query or chunk vector as float32, checking every rule."""
-    arr = np.asarray(vector, dtype=np.float32) if _numeric(vector) else None
+    arr = _as_float32(vector)
     if arr is None or arr.ndim != 1:
         raise InvalidVectorError(f"{field} must be a flat list of numbers", field=field)
+    size = arr.shape[0]
+    if size and (dimension is None or size == dimension):
+        # The common case in two numpy calls: the squared norm, in float64 (it cannot overflow
+        # there), is finite only if every element is, and positive only if one is not zero.
+        wide = arr.astype(np.float64)
+        if 0.0 < float(wide @ wide) < math.inf:
+            fast: Vector = np.ascontiguousarray(arr)
+            return fast
     result: Vector = as_matrix(arr[None, :], dimension, metric, field)[0]
     return result
+
+
+def _as_float32(vector: object) -> Vector | None:
+    """``vector`` as a float32 array if it is numeric (see :func:`_numeric`), else ``None``."""
+    if isinstance(vector, list | tuple) and set(map(type, vector)) <= _PLAIN_NUMBERS:
+        plain: Vector = np.asarray(vector, dtype=np.float32)  # the usual JSON list
+        return plain
+    if not _numeric(vector):
+        return None
+    arr: Vector = np.asarray(vector, dtype=np.float32)
+    return arr
 
 
 def _numeric(vector: object) -> bool:

@@ -198,14 +198,21 @@ class ExactIndex:
             return
         prepared = _prepare_vectors(np.atleast_2d(vectors), self._metric)
         self._reserve(self._n + len(labels))
-        rows = np.empty(len(labels), dtype=np.intp)
         n = self._n
-        for i, label in enumerate(labels.tolist()):
-            row = self._rows.get(label)
-            if row is None:
-                row = self._rows[label] = n
-                n += 1
-            rows[i] = row
+        keys = labels.tolist()
+        if self._rows.keys().isdisjoint(keys) and len(set(keys)) == len(keys):
+            # all new (the usual case): append, with no Python loop
+            self._rows.update(zip(keys, range(n, n + len(keys)), strict=True))
+            rows: _Rows | slice = slice(n, n + len(keys))
+            n += len(keys)
+        else:
+            rows = np.empty(len(labels), dtype=np.intp)
+            for i, label in enumerate(keys):
+                row = self._rows.get(label)
+                if row is None:
+                    row = self._rows[label] = n
+                    n += 1
+                rows[i] = row
         self._data[rows] = prepared
         self._sq_norms[rows] = np.einsum("ij,ij->i", prepared, prepared)
         self._row_labels[rows] = labels

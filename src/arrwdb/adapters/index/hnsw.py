@@ -17,20 +17,17 @@ What it promises, beyond the ``VectorIndex`` port:
   allowed labels (hnswlib's ``filter``, with a doubled ``ef``); if that cannot fill ``k`` results,
   it falls back to the exact scan. An unfiltered search that hnswlib cannot fill (a graph cut
   apart by deletions) falls back to an exact scan of every live vector.
-* ``ef`` is global to an hnswlib index, but hnswlib searches with ``max(ef, k)``: a search at
-  least as wide as the default asks for ``max(ef, k)`` results and keeps the best ``k``, touching
-  no shared state, so such searches (filtered or not) run in parallel (hnswlib releases the
-  GIL). Only an ``ef`` below the default is set on the index, under an exclusive lock that
-  waits for running searches and restores the default after; it never leaks into another
-  search.
+* ``ef`` is global to an hnswlib index, but hnswlib searches with ``max(its ef, k)``. So the
+  graph's own ``ef`` is kept at 1 and every search asks for ``max(ef, k)`` results (never more
+  than are live) and keeps the best ``k``: the same search as ``set_ef(ef)``, touching no shared
+  state and taking no lock, so all searches (filtered or not, any ``ef``) run in parallel
+  (hnswlib releases the GIL).
 * Labels must be non-negative (hnswlib labels are unsigned).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import hnswlib
 import numpy as np
@@ -81,11 +78,11 @@ class HnswIndex:
             ef_construction=params.ef_construction,
             random_seed=seed,
         )
-        self._graph.set_ef(params.ef_search)
+        # Searches ask for max(ef, k) results instead (see _graph_search): no shared state.
+        self._graph.set_ef(1)
         # The live vectors, for exact scans and get_vectors (hnswlib's get_items builds Python
         # lists of floats: ~10 us per 128-d vector). It also is the record of live labels.
         self._vectors = ExactIndex(dimension, metric, initial_capacity=initial_capacity)
-        self._ef_gate = _SharedExclusiveLock()
 
     @property
     def dimension(self) -> int:
@@ -137,21 +134,24 @@ class HnswIndex:
         allowed: Labels | None = None,
         ef: int | None = None,
     ) -> tuple[Labels, Scores]:
-        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
         wanted_ef = self._params.ef_search if ef is None else ef
+        live = len(self._vectors)
         if allowed is None:
-            kk = min(k, len(self))
+            kk = min(k, live)
             if kk <= 0:
                 return padded(len(q), k)
             try:
-                return self._graph_search(q, k, kk, wanted_ef, len(self), None)
-            except RuntimeError:  # hnswlib found fewer than kk: scan instead
+                return self._graph_search(q, k, kk, wanted_ef, live, None)
+            except RuntimeError:  # hnswlib found fewer than asked for: scan instead
                 return self._vectors.search(q, k)
         candidates = self._vectors.present(allowed)
         kk = min(k, len(candidates))
         if kk <= 0:
             return padded(len(q), k)
-        if len(candidates) <= max(_BRUTE_FORCE_MAX, _BRUTE_FORCE_FRACTION * len(self)):
+        if len(candidates) <= max(_BRUTE_FORCE_MAX, _BRUTE_FORCE_FRACTION * live):
             return self._vectors.search(q, k, allowed=candidates)
         admitted = set(candidates.tolist())
         widened = _FILTER_EF_FACTOR * max(wanted_ef, kk)
@@ -175,83 +175,36 @@ class HnswIndex:
     ) -> tuple[Labels, Scores]:
         """hnswlib's ``knn_query`` for ``kk <= k`` results (of ``available``), padded to ``k``.
 
-        hnswlib searches with ``max(its ef, k)``. So a search at least as wide as the default
-        asks for ``max(ef, kk)`` results (never more than are ``available``) and keeps the best
-        ``kk``: the same search as ``set_ef(ef)``, without touching shared state. Only a
-        narrower ``ef`` has to be set, with the index held exclusively.
+        hnswlib searches with ``max(its ef, k)``, and the graph's own ``ef`` is 1: asking for
+        ``max(ef, kk)`` results (never more than are ``available``) and keeping the best ``kk``
+        is the search ``set_ef(ef)`` would give, without touching shared state.
         A Python ``admit`` filter is called per candidate under the GIL, so threads would only
         contend for it: filtered searches run on one thread.
         """
         threads = 1 if len(q) == 1 or admit is not None else -1
-        default_ef = self._params.ef_search
-        if max(ef, kk) >= default_ef:
-            width = min(max(ef, kk), available)
-            with self._ef_gate.shared():
-                found, dists = self._graph.knn_query(q, k=width, num_threads=threads, filter=admit)
+        width = min(max(ef, kk), available)
+        # positional: (data, k, num_threads, filter); pybind11 matches keywords slowly
+        found, dists = self._graph.knn_query(q, width, threads, admit)
+        if width != kk:
             found, dists = found[:, :kk], dists[:, :kk]
-        else:
-            with self._ef_gate.exclusive():
-                self._graph.set_ef(ef)
-                try:
-                    found, dists = self._graph.knn_query(q, k=kk, num_threads=threads, filter=admit)
-                finally:
-                    self._graph.set_ef(default_ef)
+        found_labels: Labels = found.astype(np.int64)
+        found_scores = self._scores(dists)
+        if kk == k:
+            return found_labels, found_scores
         labels, scores = padded(len(q), k)
-        labels[:, :kk] = found.astype(np.int64)
-        scores[:, :kk] = self._scores(dists)
+        labels[:, :kk] = found_labels
+        scores[:, :kk] = found_scores
         return labels, scores
 
     def _scores(self, dists: npt.NDArray[np.float32]) -> Scores:
-        d = np.asarray(dists, dtype=np.float32)
+        """hnswlib's distances as scores, in place (the array is ours: knn_query made it)."""
+        d: Scores = np.asarray(dists, dtype=np.float32)
         if self._metric == "l2":
-            scores: Scores = -np.sqrt(np.maximum(d, 0.0))
+            np.maximum(d, 0.0, out=d)
+            np.sqrt(d, out=d)
+            np.negative(d, out=d)
         else:
-            scores = 1.0 - d
+            np.subtract(1.0, d, out=d)
             if self._metric == "cosine":
-                np.minimum(scores, 1.0, out=scores)  # rounding can push a self-match past 1
-        return scores
-
-
-class _SharedExclusiveLock:
-    """A readers-writer lock: many ``shared`` holders, or one ``exclusive`` holder.
-
-    A waiting exclusive holder blocks new shared ones, so a non-default-``ef`` search is not
-    starved by a steady stream of default ones.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-        self._waiting = 0
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._exclusive or self._waiting:
-                self._cond.wait()
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                if self._shared == 0:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting += 1
-            try:
-                while self._exclusive or self._shared:
-                    self._cond.wait()
-            finally:
-                self._waiting -= 1
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
+                np.minimum(d, 1.0, out=d)  # rounding can push a self-match past 1
+        return d
