@@ -15,11 +15,9 @@ from typing import Any, Final
 import numpy as np
 
 from arrwdb.domain._rwlock import RWLock
+from arrwdb.domain.filters import Predicate
 from arrwdb.domain.models import Document, Library, Matrix, SearchHit
 from arrwdb.domain.ports import IndexFactory, Labels, Scores, VectorIndex
-
-Predicate = Callable[[Mapping[str, Any]], bool]
-
 
 #: What a search hit needs of a chunk, kept beside the index: ``(chunk_id, document_id,
 #: document title, text, metadata, position)``, the metadata being the document's merged with
