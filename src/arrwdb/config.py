@@ -24,6 +24,7 @@ class Settings:
     storage: Literal["memory", "disk"] = "memory"
     data_dir: str | None = None
     fsync: Literal["always", "interval", "never"] = "always"
+    index_save_interval: float = 300.0
     # event stream
     bus: Literal["inprocess"] = "inprocess"
     history_size: int = 10_000

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import timedelta
+from pathlib import Path
 
 from dependency_injector import containers, providers
 
@@ -19,10 +20,11 @@ from arrwdb.adapters.bus.inprocess import InProcessEventBus
 from arrwdb.adapters.embedders.hashing import HashingEmbedder
 from arrwdb.adapters.index import make_index
 from arrwdb.adapters.storage.disk import DiskRepository
+from arrwdb.adapters.storage.index_files import FileIndexStore
 from arrwdb.adapters.storage.memory import InMemoryRepository
 from arrwdb.config import Settings
 from arrwdb.domain.chunking import Chunker
-from arrwdb.domain.ports import Embedder, EventBus, IndexFactory, Repository
+from arrwdb.domain.ports import Embedder, EventBus, IndexFactory, IndexStore, Repository
 from arrwdb.domain.service import VectorDBService
 
 
@@ -34,6 +36,8 @@ def _service(
     chunker: Chunker,
     default_embedder: str,
     history_size: int,
+    index_store: IndexStore | None,
+    index_save_interval: float,
 ) -> Iterator[VectorDBService]:
     service = VectorDBService(
         repository,
@@ -43,9 +47,11 @@ def _service(
         chunker,
         default_embedder=default_embedder,
         history_size=history_size,
+        index_store=index_store,
     )
     try:
         service.load()
+        service.autosave_indexes(index_save_interval)
     except BaseException:
         service.close()
         raise
@@ -57,6 +63,10 @@ def _service(
 
 def _seconds(value: float | None) -> timedelta | None:
     return None if value is None else timedelta(seconds=value)
+
+
+def _indexes_dir(data_dir: str) -> Path:
+    return Path(data_dir) / "indexes"
 
 
 class Container(containers.DeclarativeContainer):
@@ -84,6 +94,13 @@ class Container(containers.DeclarativeContainer):
         ),
     )
 
+    # saved indexes live beside the durable store; an in-memory store rebuilds nothing
+    index_store = providers.Selector(
+        config.storage,
+        memory=providers.Object(None),
+        disk=providers.Singleton(FileIndexStore, providers.Callable(_indexes_dir, config.data_dir)),
+    )
+
     index_factory = providers.Object(make_index)
 
     embedders = providers.Dict(hashing=providers.Singleton(HashingEmbedder))
@@ -99,6 +116,8 @@ class Container(containers.DeclarativeContainer):
         chunker=chunker,
         default_embedder=config.embedder,
         history_size=config.history_size,
+        index_store=index_store,
+        index_save_interval=config.index_save_interval,
     )
 
 

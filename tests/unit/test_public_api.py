@@ -120,3 +120,16 @@ def test_async_twin() -> None:
         await db.close()
 
     anyio.run(main)
+
+
+def test_add_document_takes_chunks_as_plain_dicts(db: arrwdb.Database) -> None:
+    vec = np.random.default_rng(2).random(8, dtype=np.float32)
+    lib = db.create_library("dicts", dimension=8)
+    doc = lib.add_document(
+        title="t", chunks=[{"text": "a", "embedding": vec}, {"text": "b", "embedding": -vec}]
+    )
+    assert lib.get_document(doc.id).num_chunks == 2
+    assert lib.search(vec, k=1)[0].text == "a"
+    with pytest.raises(arrwdb.ValidationError) as info:
+        lib.add_document(title="t", chunks=[{"text": "a", "vector": vec.tolist()}])
+    assert "vector" in str(info.value)

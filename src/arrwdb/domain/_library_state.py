@@ -17,7 +17,7 @@ import numpy as np
 from arrwdb.domain._rwlock import RWLock
 from arrwdb.domain.filters import Predicate
 from arrwdb.domain.models import Document, Library, Matrix, SearchHit
-from arrwdb.domain.ports import IndexFactory, Labels, Scores, VectorIndex
+from arrwdb.domain.ports import IndexFactory, Labels, SavedIndex, Scores, VectorIndex
 
 #: What a search hit needs of a chunk, kept beside the index: ``(chunk_id, document_id,
 #: document title, text, metadata, position)``, the metadata being the document's merged with
@@ -39,6 +39,8 @@ class LibraryState:
         self.refs: list[ChunkRef | None] = []
         self.doc_labels: dict[str, Labels] = {}
         self.titles: dict[str, str] = {}
+        #: index changes (labels added or removed) since the index was last saved or loaded
+        self.unsaved = 0
         if library.dimension is not None:
             self._create_index(library.dimension)
 
@@ -58,6 +60,7 @@ class LibraryState:
         n = vectors.shape[0]
         labels = np.arange(self._next_label, self._next_label + n, dtype=np.int64)
         self._next_label += n
+        self.unsaved += n
         if n:
             index = self.index or self._create_index(int(vectors.shape[1]))
             index.add(labels, vectors)
@@ -67,19 +70,8 @@ class LibraryState:
         for doc in documents:
             count = len(doc.chunks)
             self.doc_labels[doc.id] = labels[start : start + count]
-            self.titles[doc.id] = title = doc.title
-            base = doc.metadata
-            refs.extend(
-                (
-                    chunk.id,
-                    doc.id,
-                    title,
-                    chunk.text,
-                    {**base, **chunk.metadata} if chunk.metadata else base,
-                    chunk.position,
-                )
-                for chunk in doc.chunks
-            )
+            self.titles[doc.id] = doc.title
+            refs.extend(_chunk_refs(doc))
             start += count
 
     def update_document_fields(self, doc: Document) -> None:
@@ -104,6 +96,48 @@ class LibraryState:
             refs[label] = None
         if self.index is not None and len(labels):
             self.index.remove(labels)
+            self.unsaved += len(labels)
+
+    def restore(
+        self,
+        documents: Sequence[Document],
+        saved: SavedIndex,
+        stack: Callable[[Sequence[Document]], Matrix],
+    ) -> int:
+        """Take a saved index (on open, before any other change) and bring it in line with
+        ``documents``, the stored truth: a document whose chunks all have a label in it keeps
+        them; the others are indexed anew (``stack(docs)`` gives their embeddings), and labels
+        of chunks that are gone are removed. Returns the number of labels added or removed."""
+        assert self._next_label == 0, "restore comes before any other change"
+        label_of = {chunk_id: label for label, chunk_id in enumerate(saved.chunk_ids) if chunk_id}
+        self.index = saved.index
+        self._next_label = len(saved.chunk_ids)
+        refs: list[ChunkRef | None] = [None] * self._next_label
+        kept: set[int] = set()
+        missing: list[Document] = []
+        for doc in documents:
+            found = [label_of.get(chunk.id) for chunk in doc.chunks]
+            if not doc.chunks or None in found:
+                missing.append(doc)
+                continue
+            labels = np.asarray(found, dtype=np.int64)
+            self.doc_labels[doc.id] = labels
+            self.titles[doc.id] = doc.title
+            for label, ref in zip(found, _chunk_refs(doc), strict=True):
+                assert label is not None
+                refs[label] = ref
+                kept.add(label)
+        self.refs = refs
+        stale = np.asarray(sorted(set(label_of.values()) - kept), dtype=np.int64)
+        if len(stale):
+            self.index.remove(stale)
+        self.apply_documents(missing, stack(missing))
+        self.unsaved = len(stale) + sum(len(doc.chunks) for doc in missing)
+        return self.unsaved
+
+    def chunk_ids(self) -> list[str | None]:
+        """The chunk id of every label handed out (``None`` once removed), for saving."""
+        return [None if ref is None else ref[0] for ref in self.refs]
 
     # -- reads (caller holds the read lock) ---------------------------------------------------
 
@@ -160,6 +194,21 @@ class LibraryState:
                 hits.append(hit)
             out.append(hits)
         return out
+
+
+def _chunk_refs(doc: Document) -> list[ChunkRef]:
+    title, base = doc.title, doc.metadata
+    return [
+        (
+            chunk.id,
+            doc.id,
+            title,
+            chunk.text,
+            {**base, **chunk.metadata} if chunk.metadata else base,
+            chunk.position,
+        )
+        for chunk in doc.chunks
+    ]
 
 
 def _hit_setters() -> tuple[Callable[[SearchHit, Any], None], ...]:

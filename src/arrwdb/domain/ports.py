@@ -8,6 +8,7 @@ domain error it raises; anything else an adapter raises is a bug (reported as ``
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -72,6 +73,46 @@ class VectorIndex(Protocol):
     def get_vectors(self, labels: Labels) -> Matrix:
         """The vectors of ``labels`` as stored, ``(len(labels), dimension)``: normalised
         under cosine. Raises ``KeyError`` for a label not in the index."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SavedIndex:
+    """An index as an ``IndexStore`` kept it, with the chunk id of every label it was given."""
+
+    index: VectorIndex
+    #: ``chunk_ids[label]``: the chunk a label stood for when saved; ``None`` once removed.
+    chunk_ids: Sequence[str | None]
+
+
+class IndexStore(Protocol):
+    """Keeps built indexes between runs, so that opening a store does not rebuild them.
+
+    A saved index is a cache, never the truth: the repository is. On open the service takes the
+    saved index and reconciles it with the stored chunks (indexes the chunks it lacks, removes
+    the labels of chunks that are gone), so a stale, missing or unreadable save costs time,
+    never a wrong answer. Chunk ids are never reused for other content, which is what makes a
+    chunk id a sufficient key. A store may keep only some kinds (an exact index is rebuilt
+    about as fast as it is read): ``load`` then returns ``None`` and ``save`` does nothing.
+    """
+
+    def load(self, library: Library) -> SavedIndex | None:
+        """The index last saved for ``library``, if one is kept that matches its kind,
+        dimension, metric and parameters; ``None`` otherwise (an unreadable save is logged and
+        ignored, not raised)."""
+        ...
+
+    def save(self, library: Library, index: VectorIndex, chunk_ids: Sequence[str | None]) -> None:
+        """Keep ``index`` (called with no concurrent change to it), replacing the previous save
+        of the library atomically. Raises ``StorageError``; the previous save then stays."""
+        ...
+
+    def discard(self, library_id: str) -> None:
+        """Forget a library's saved index (the library was deleted)."""
+        ...
+
+    def retain(self, library_ids: Sequence[str]) -> None:
+        """Forget the saved indexes of every library not in ``library_ids``."""
         ...
 
 

@@ -13,6 +13,7 @@ store failure leaves the index and the event stream untouched.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -52,6 +53,7 @@ from arrwdb.domain.ports import (
     Embedder,
     EventBus,
     IndexFactory,
+    IndexStore,
     Labels,
     Repository,
     Scores,
@@ -65,6 +67,8 @@ SEARCH_BLOCK = 256
 #: queries, not for the whole batch), overlapping each block's index search with the previous
 #: block's hits. Measured on 2 cores (100k x 384, HNSW): 256 x 4 beat 128 x 8 and 64 x 16.
 PIPELINE_BLOCKS = 4
+
+logger = logging.getLogger("arrwdb.service")
 
 
 class VectorDBService:
@@ -80,17 +84,22 @@ class VectorDBService:
         *,
         default_embedder: str = "hashing",
         history_size: int = 10_000,
+        index_store: IndexStore | None = None,
     ) -> None:
         if default_embedder not in embedders:
             raise InvalidArgumentError(f"default embedder {default_embedder!r} is not configured")
         self._repo = repository
         self._bus = bus
         self._make_index = index_factory
+        self._index_store = index_store
         self._embedders = dict(embedders)
         self._default_embedder = default_embedder
         self._builder = DocumentBuilder(chunker or Chunker(), self._embedders)
         self._history_size = history_size
         self._commit = threading.RLock()
+        self._saving = threading.Lock()  # one save_indexes at a time
+        self._stop_autosave = threading.Event()
+        self._autosaver: threading.Thread | None = None
         self._states: dict[str, LibraryState] = {}
         self._names: dict[str, str] = {}
         self._last_event = 0
@@ -99,17 +108,29 @@ class VectorDBService:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Build every library's index from the repository and restore the event history."""
+        """Open every library's index (the saved one brought up to date, or built from the
+        repository) and restore the event history."""
         with self._commit:
             if self._loaded:
                 return
-            for library in self._repo.list_libraries():
+            store = self._index_store
+            libraries = self._repo.list_libraries()
+            if store is not None:
+                store.retain([library.id for library in libraries])
+            for library in libraries:
                 state = LibraryState(library, self._make_index)
                 docs = list(self._repo.iter_documents(library.id))
-                if docs:
-                    matrix = self._builder.stack_embeddings(docs)
-                    with state.lock.write():
-                        state.apply_documents(docs, matrix)
+                saved = store.load(library) if store is not None else None
+                with state.lock.write():
+                    if saved is not None:
+                        changed = state.restore(docs, saved, self._builder.stack_embeddings)
+                        logger.info(
+                            "library %s: saved index loaded, %d label(s) brought up to date",
+                            library.id,
+                            changed,
+                        )
+                    elif docs:
+                        state.apply_documents(docs, self._builder.stack_embeddings(docs))
                 self._states[library.id] = state
                 self._names[library.name] = library.id
             events = self._repo.recent_events(self._history_size)
@@ -118,9 +139,64 @@ class VectorDBService:
             self._last_event = self._bus.last_id
             self._loaded = True
 
+    def save_indexes(self) -> int:
+        """Save every index changed since it was last saved or loaded (a no-op without an
+        index store), so that the next open need not rebuild it. A library's writes wait
+        while its index is written; searches do not. Returns how many were saved; raises
+        ``StorageError`` (after trying the others) if one could not be."""
+        store = self._index_store
+        if store is None:
+            return 0
+        saved = 0
+        failure: Exception | None = None
+        with self._saving:
+            for state in list(self._states.values()):
+                with state.lock.read():
+                    if not state.unsaved or state.index is None:
+                        continue
+                    if state.library.id not in self._states:  # deleted meanwhile
+                        continue
+                    try:
+                        store.save(state.library, state.index, state.chunk_ids())
+                    except Exception as exc:  # keep saving the others
+                        failure = exc
+                        continue
+                    state.unsaved = 0
+                    saved += 1
+        if failure is not None:
+            raise failure
+        return saved
+
+    def autosave_indexes(self, every: float) -> None:
+        """Call ``save_indexes`` every ``every`` seconds in a background thread until
+        ``close`` (a failure is logged and retried next time), so that an open after a crash
+        only re-indexes what changed since the last save."""
+        if self._index_store is None or every <= 0 or self._autosaver is not None:
+            return
+
+        def run() -> None:
+            while not self._stop_autosave.wait(every):
+                try:
+                    self.save_indexes()
+                except Exception:
+                    logger.exception("periodic index save failed; retrying in %ss", every)
+
+        self._autosaver = threading.Thread(target=run, name="arrwdb-index-saver", daemon=True)
+        self._autosaver.start()
+
     def close(self) -> None:
-        self._bus.close()
-        self._repo.close()
+        """Save changed indexes (a failure is logged: they are rebuilt on the next open), then
+        close the event stream and the repository."""
+        self._stop_autosave.set()
+        if self._autosaver is not None:
+            self._autosaver.join()
+        try:
+            self.save_indexes()
+        except Exception:
+            logger.exception("could not save the indexes: they will be rebuilt on next open")
+        finally:
+            self._bus.close()
+            self._repo.close()
 
     def check_ready(self) -> None:
         """Raise ``StorageError`` when the store cannot serve."""
@@ -230,7 +306,10 @@ class VectorDBService:
             with state.lock.write():
                 del self._states[library_id]
                 del self._names[state.library.name]
+                state.unsaved = 0
             self._publish([event])
+        if self._index_store is not None:
+            self._index_store.discard(library_id)
 
     # -- documents ----------------------------------------------------------------------------
 
@@ -700,7 +779,12 @@ _CHUNK_FIELDS = frozenset({"text", "embedding", "metadata"})
 
 def _as_new_document(doc: NewDocument | Mapping[str, Any]) -> NewDocument:
     if isinstance(doc, NewDocument):
-        return doc
+        chunks = doc.chunks
+        if chunks is None or all(type(c) is NewChunk for c in chunks):
+            return doc
+        if not isinstance(chunks, list | tuple):
+            raise InvalidArgumentError("chunks must be a list", field="chunks")
+        return replace(doc, chunks=[_as_new_chunk(c) for c in chunks])
     if type(doc) is not dict and not isinstance(doc, Mapping):
         raise InvalidArgumentError("a document must be an object", field="documents")
     if not doc.keys() <= _DOCUMENT_FIELDS:

@@ -279,6 +279,29 @@ class ExactIndex:
             budget_bytes=self._budget,
         )
 
+    def export(self) -> tuple[Labels, Matrix]:
+        """Every live label and its vector as stored (normalised under ``cosine``), in row
+        order: read-only views, valid until the next ``add`` or ``remove``."""
+        labels, data = self._row_labels[: self._n], self._data[: self._n]
+        labels.flags.writeable = data.flags.writeable = False
+        return labels, data
+
+    @classmethod
+    def restore(cls, dimension: int, metric: Metric, labels: Labels, stored: Matrix) -> ExactIndex:
+        """An index holding ``stored[i]`` under ``labels[i]``, vectors as ``export`` gave them
+        (already normalised: not prepared again, so they come back bit for bit)."""
+        if stored.shape != (len(labels), dimension) or len(set(labels.tolist())) != len(labels):
+            raise ValueError("labels and vectors do not match, or a label repeats")
+        index = cls(dimension, metric, initial_capacity=max(_INITIAL_CAPACITY, len(labels)))
+        n = len(labels)
+        index._data[:n] = stored
+        index._sq_norms[:n] = np.einsum("ij,ij->i", stored, stored)
+        index._row_labels[:n] = labels
+        index._rows = dict(zip(labels.tolist(), range(n), strict=True))
+        index._n = n
+        index._min_capacity = _INITIAL_CAPACITY
+        return index
+
     def get_vectors(self, labels: Labels) -> Matrix:
         """The stored vectors; raises ``KeyError`` for a label that is not in the index."""
         rows = [self._rows[label] for label in labels.tolist()]
