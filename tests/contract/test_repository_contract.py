@@ -82,7 +82,7 @@ def document(library_id: str, title: str = "doc", chunks: int = 2, seed: int = 0
 
 def create(repo: Repository, name: str = "lib") -> Library:
     lib = library(name)
-    repo.save_library(lib, event("library.created", lib.id))
+    repo.save_library(lib, event("library.created", lib.id)).wait()
     return lib
 
 
@@ -94,7 +94,7 @@ def add(repo: Repository, lib: Library, *docs: Document) -> Library:
         document_count=len(current),
         chunk_count=sum(d.num_chunks for d in current.values()),
     )
-    repo.save_documents(lib, docs, [event("document.added", lib.id, id=d.id) for d in docs])
+    repo.save_documents(lib, docs, [event("document.added", lib.id, id=d.id) for d in docs]).wait()
     return lib
 
 
@@ -120,10 +120,10 @@ def test_libraries_are_saved_got_and_listed_in_creation_order(repo: Repository) 
 def test_saving_a_library_again_replaces_it_in_place(repo: Repository) -> None:
     first, second, third = (create(repo, n) for n in ("a", "b", "c"))
     renamed = replace(second, name="b2", description="new", metadata={"k": [1, "x"]})
-    repo.save_library(renamed, event("library.updated", second.id))
+    repo.save_library(renamed, event("library.updated", second.id)).wait()
     assert repo.get_library(second.id) == renamed
     assert [lib.id for lib in repo.list_libraries()] == [first.id, second.id, third.id]
-    repo.save_library(replace(third, name="c2"), None)  # a write without an event
+    repo.save_library(replace(third, name="c2"), None).wait()  # a write without an event
     assert repo.get_library(third.id) == replace(third, name="c2")
 
 
@@ -133,7 +133,7 @@ def test_deleting_a_library_deletes_its_documents(repo: Repository) -> None:
     add(repo, keep, kept_doc)
     gone_doc = document(gone.id)
     add(repo, gone, gone_doc)
-    repo.delete_library(gone.id, event("library.deleted", gone.id))
+    repo.delete_library(gone.id, event("library.deleted", gone.id)).wait()
     assert repo.get_library(gone.id) is None
     assert [lib.id for lib in repo.list_libraries()] == [keep.id]
     assert repo.get_document(gone.id, gone_doc.id) is None
@@ -167,7 +167,7 @@ def test_delete_document_removes_only_that_document(repo: Repository) -> None:
     docs = [document(lib.id, f"d{i}", seed=i) for i in range(3)]
     lib = add(repo, lib, *docs)
     lib = replace(lib, document_count=2, chunk_count=4)
-    repo.delete_document(lib, docs[0].id, event("document.deleted", lib.id, id=docs[0].id))
+    repo.delete_document(lib, docs[0].id, event("document.deleted", lib.id, id=docs[0].id)).wait()
     assert repo.get_document(lib.id, docs[0].id) is None
     assert [d.id for d in repo.iter_documents(lib.id)] == [docs[1].id, docs[2].id]
     assert repo.get_library(lib.id) == lib
@@ -242,7 +242,7 @@ def test_library_record_follows_document_writes(repo: Repository) -> None:
     assert repo.get_library(lib.id) == lib
     assert (lib.document_count, lib.chunk_count) == (3, 6)
     lib = replace(lib, document_count=2, chunk_count=4)
-    repo.delete_document(lib, docs[2].id, event("document.deleted", lib.id))
+    repo.delete_document(lib, docs[2].id, event("document.deleted", lib.id)).wait()
     stored = repo.get_library(lib.id)
     assert stored is not None
     assert (stored.document_count, stored.chunk_count) == (2, 4)
@@ -253,13 +253,13 @@ def test_recent_events_are_those_given_to_writes_oldest_first(
 ) -> None:
     lib = library("events")
     given = [event("library.created", lib.id)]
-    repo.save_library(lib, given[0])
+    repo.save_library(lib, given[0]).wait()
     docs = [document(lib.id, seed=i) for i in range(2)]
     batch = [event("document.added", lib.id, id=d.id) for d in docs]
-    repo.save_documents(replace(lib, document_count=2, chunk_count=4), docs, batch)
+    repo.save_documents(replace(lib, document_count=2, chunk_count=4), docs, batch).wait()
     given += batch
     given.append(event("library.deleted", lib.id))
-    repo.delete_library(lib.id, given[-1])
+    repo.delete_library(lib.id, given[-1]).wait()
     if adapter.keeps_events:
         assert repo.recent_events(100) == given
         assert repo.recent_events(2) == given[-2:]

@@ -332,4 +332,6 @@ def test_hnsw_index_save_and_load_give_the_same_index(
     assert np.array_equal(got[1], expected[1])
     # the loaded index keeps growing and removing as before
     loaded.add(np.asarray([100], dtype=np.int64), queries[:1])
-    assert loaded.search(queries[:1], 1)[0][0, 0] == 100
+    assert 100 in loaded
+    if metric != "ip":  # (under the inner product a vector need not be its own best match)
+        assert loaded.search(queries[:1], 1)[0][0, 0] == 100

@@ -1,7 +1,13 @@
 """The live state of one library: its index, the label of every chunk, and what search returns.
 
-The service owns one ``LibraryState`` per library. Every change happens under the state's write
-lock and every search under its read lock, so a search sees a document's chunks all or none.
+The service owns one ``LibraryState`` per library. It has two faces (see ``_pipeline``):
+
+* what readers see: ``library``, the index and the chunk refs. Every change to them happens
+  under the state's write lock, in commit order, once the write is durable; every search holds
+  the read lock, so a search sees a document's chunks all or none;
+* what writers are checked against, ``head`` and ``documents``: the state after every write
+  *ordered* so far (some maybe not yet durable), changed under the service's commit lock.
+
 Index labels are small integers local to the library, handed out in order and never reused;
 ``refs[label]`` is the chunk a label stands for (``None`` once removed).
 """
@@ -38,7 +44,11 @@ class LibraryState:
         # access fewer per hit than a dict lookup, which shows at 10^5 chunks)
         self.refs: list[ChunkRef | None] = []
         self.doc_labels: dict[str, Labels] = {}
-        self.titles: dict[str, str] = {}
+        # the writers' face: the library record and documents (id -> title, number of chunks)
+        # after every write ordered so far; ``deleted`` once a deletion of it is ordered
+        self.head = library
+        self.documents: dict[str, tuple[str, int]] = {}
+        self.deleted = False
         #: index changes (labels added or removed) since the index was last saved or loaded
         self.unsaved = 0
         if library.dimension is not None:
@@ -49,7 +59,21 @@ class LibraryState:
         self.index = self._make_index(lib.index, dimension, lib.metric, lib.index_params)
         return self.index
 
-    # -- writes (caller holds the write lock) -------------------------------------------------
+    # -- the writers' face (caller holds the service's commit lock) ----------------------------
+
+    def order_documents(self, documents: Sequence[Document]) -> None:
+        for doc in documents:
+            self.documents[doc.id] = (doc.title, len(doc.chunks))
+
+    def title_of(self, document_id: str) -> str | None:
+        entry = self.documents.get(document_id)
+        return None if entry is None else entry[0]
+
+    def chunks_of(self, document_id: str) -> int:
+        entry = self.documents.get(document_id)
+        return 0 if entry is None else entry[1]
+
+    # -- the readers' face (caller holds the write lock) --------------------------------------
 
     def apply_documents(self, documents: Sequence[Document], vectors: Matrix) -> None:
         """Index ``documents`` (new, or replacing earlier versions); ``vectors`` holds their
@@ -70,13 +94,11 @@ class LibraryState:
         for doc in documents:
             count = len(doc.chunks)
             self.doc_labels[doc.id] = labels[start : start + count]
-            self.titles[doc.id] = doc.title
             refs.extend(_chunk_refs(doc))
             start += count
 
     def update_document_fields(self, doc: Document) -> None:
         """A new title or metadata on the same chunks (``doc.chunks`` given): refresh refs."""
-        self.titles[doc.id] = doc.title
         labels = self.doc_labels.get(doc.id, np.empty(0, np.int64)).tolist()
         refs = self.refs
         for label, chunk in zip(labels, doc.chunks, strict=True):
@@ -88,7 +110,6 @@ class LibraryState:
 
     def remove_document(self, document_id: str) -> None:
         labels = self.doc_labels.pop(document_id, None)
-        self.titles.pop(document_id, None)
         if labels is None:
             return
         refs = self.refs
@@ -122,7 +143,6 @@ class LibraryState:
                 continue
             labels = np.asarray(found, dtype=np.int64)
             self.doc_labels[doc.id] = labels
-            self.titles[doc.id] = doc.title
             for label, ref in zip(found, _chunk_refs(doc), strict=True):
                 assert label is not None
                 refs[label] = ref

@@ -147,21 +147,35 @@ class Embedder(Protocol):
         ...
 
 
+class Commit(Protocol):
+    """A write that a repository has put in order but may not have made durable yet."""
+
+    def wait(self) -> None:
+        """Return once the write is durable (as the store's policy promises) and visible to
+        reads. Raises ``StorageError`` if it never will be: it is then not visible, and the
+        store refuses later writes (``check`` raises). Called once per write, in any thread,
+        without the service's commit lock: concurrent writers share the durability work (one
+        fsync for all the records written meanwhile: group commit)."""
+        ...
+
+
 class Repository(Protocol):
     """Storage of libraries and documents (with their chunks and embeddings).
 
     Every write receives the event(s) that describe it, so that a durable store can log the
-    change and its event in one atomic record: after a write returns, both survive a crash;
-    if it raises ``StorageError``, neither is visible. Writes are called by the service under
-    its commit lock, one at a time. Reads may run concurrently with each other and with
-    writes, and see each write entirely or not at all.
+    change and its event in one atomic record. A write is two steps: the call puts it in order
+    (the service calls writes under its commit lock, one at a time) and returns a ``Commit``;
+    ``Commit.wait()``, called outside that lock, returns once the write is durable and visible.
+    After ``wait`` returns, the change and its events survive a crash; if the call or ``wait``
+    raises ``StorageError``, neither is visible. Writes become visible in call order. Reads may
+    run concurrently with each other and with writes, and see each write entirely or not at all.
     """
 
-    def save_library(self, library: Library, event: Event | None) -> None:
+    def save_library(self, library: Library, event: Event | None) -> Commit:
         """Create or replace a library's record (not its documents)."""
         ...
 
-    def delete_library(self, library_id: str, event: Event) -> None:
+    def delete_library(self, library_id: str, event: Event) -> Commit:
         """Delete a library and all of its documents."""
         ...
 
@@ -173,12 +187,12 @@ class Repository(Protocol):
 
     def save_documents(
         self, library: Library, documents: Sequence[Document], events: Sequence[Event]
-    ) -> None:
+    ) -> Commit:
         """Add or replace ``documents`` (with their chunks) and store ``library``'s new record
         (its counts), atomically."""
         ...
 
-    def delete_document(self, library: Library, document_id: str, event: Event) -> None:
+    def delete_document(self, library: Library, document_id: str, event: Event) -> Commit:
         """Delete one document and store ``library``'s new record, atomically."""
         ...
 

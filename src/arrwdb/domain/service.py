@@ -3,9 +3,11 @@
 ``import arrwdb`` and every transport (REST, NDJSON, SSE, WebSocket) call this one class, so the
 rules live here once. It is synchronous and thread-safe; async callers run it in a worker thread.
 
-Write path (one commit lock keeps events in commit order):
-    validate + chunk + embed (no lock held)  ->  under the commit lock: assign event ids,
-    store (repository; durable stores log change and events together), index under the
+Write path (``_pipeline`` has the details):
+    validate + chunk + embed (no lock held)  ->  under the commit lock: check against the state
+    every ordered write will leave, assign event ids, hand the change to the repository (a
+    durable store logs change and events as one record)  ->  without the lock: wait until it is
+    durable (concurrent writers share one fsync)  ->  in commit order: index under the
     library's write lock, publish the events  ->  return.
 A write that raises has changed nothing: validation happens before anything is stored, and a
 store failure leaves the index and the event stream untouched.
@@ -26,6 +28,7 @@ import numpy as np
 from arrwdb.domain import validation as v
 from arrwdb.domain._documents import DocumentBuilder, PreparedBatch
 from arrwdb.domain._library_state import LibraryState
+from arrwdb.domain._pipeline import CommitPipeline
 from arrwdb.domain.chunking import Chunker
 from arrwdb.domain.errors import (
     AlreadyExistsError,
@@ -50,6 +53,7 @@ from arrwdb.domain.models import (
     utcnow,
 )
 from arrwdb.domain.ports import (
+    Commit,
     Embedder,
     EventBus,
     IndexFactory,
@@ -102,7 +106,9 @@ class VectorDBService:
         self._autosaver: threading.Thread | None = None
         self._states: dict[str, LibraryState] = {}
         self._names: dict[str, str] = {}
-        self._last_event = 0
+        self._last_event = 0  # the last event published
+        self._ordered_event = 0  # the last event id given to an ordered write
+        self._pipeline = CommitPipeline()
         self._loaded = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -131,12 +137,13 @@ class VectorDBService:
                         )
                     elif docs:
                         state.apply_documents(docs, self._builder.stack_embeddings(docs))
+                state.order_documents(docs)
                 self._states[library.id] = state
                 self._names[library.name] = library.id
             events = self._repo.recent_events(self._history_size)
             if events:
                 self._bus.restore(events)
-            self._last_event = self._bus.last_id
+            self._last_event = self._ordered_event = self._bus.last_id
             self._loaded = True
 
     def save_indexes(self) -> int:
@@ -237,17 +244,22 @@ class VectorDBService:
             index_params=v.check_index_params(index_params),
             embedder=embedder_name,
         )
+        state = LibraryState(library, self._make_index)
         with self._commit:
             if library.name in self._names:
                 raise AlreadyExistsError(
                     f"a library named {library.name!r} already exists", name=library.name
                 )
-            state = LibraryState(library, self._make_index)
             event = self._event("library.created", library.id, _library_data(library))
-            self._repo.save_library(library, event)
-            self._states[library.id] = state
+            commit = self._repo.save_library(library, event)
+            turn = self._ordered([event])
             self._names[library.name] = library.id
+
+        def apply() -> None:
+            self._states[library.id] = state
             self._publish([event])
+
+        self._pipeline.finish(turn, commit, apply)
         return library
 
     def get_library(self, library_id: str) -> Library:
@@ -256,9 +268,10 @@ class VectorDBService:
     def find_library(self, name: str) -> Library:
         """The library named ``name``; raises ``LibraryNotFoundError``."""
         library_id = self._names.get(name)
-        if library_id is None:
+        state = None if library_id is None else self._states.get(library_id)
+        if state is None:
             raise LibraryNotFoundError(name)
-        return self.get_library(library_id)
+        return state.library
 
     def list_libraries(self) -> list[Library]:
         return [state.library for state in list(self._states.values())]
@@ -279,8 +292,8 @@ class VectorDBService:
         if metadata is not None:
             changes["metadata"] = v.check_metadata(metadata)
         with self._commit:
-            state = self._state(library_id)
-            old = state.library
+            state = self._writable(library_id)
+            old = state.head
             new_name = changes.get("name", old.name)
             if new_name != old.name and new_name in self._names:
                 raise AlreadyExistsError(
@@ -289,25 +302,37 @@ class VectorDBService:
             library = replace(old, **changes, updated_at=utcnow())
             data = {**_library_data(library), "changed": sorted(changes)}
             event = self._event("library.updated", library.id, data)
-            self._repo.save_library(library, event)
-            state.library = library
+            commit = self._repo.save_library(library, event)
+            turn = self._ordered([event])
+            state.head = library
             if new_name != old.name:
                 del self._names[old.name]
                 self._names[new_name] = library.id
+
+        def apply() -> None:
+            state.library = library
             self._publish([event])
+
+        self._pipeline.finish(turn, commit, apply)
         return library
 
     def delete_library(self, library_id: str) -> None:
         """Delete a library with all of its documents; raises ``LibraryNotFoundError``."""
         with self._commit:
-            state = self._state(library_id)
-            event = self._event("library.deleted", library_id, {"name": state.library.name})
-            self._repo.delete_library(library_id, event)
+            state = self._writable(library_id)
+            event = self._event("library.deleted", library_id, {"name": state.head.name})
+            commit = self._repo.delete_library(library_id, event)
+            turn = self._ordered([event])
+            state.deleted = True
+            del self._names[state.head.name]
+
+        def apply() -> None:
             with state.lock.write():
                 del self._states[library_id]
-                del self._names[state.library.name]
                 state.unsaved = 0
             self._publish([event])
+
+        self._pipeline.finish(turn, commit, apply)
         if self._index_store is not None:
             self._index_store.discard(library_id)
 
@@ -321,16 +346,17 @@ class VectorDBService:
         Raises ``LibraryNotFoundError``, ``AlreadyExistsError`` (a given id is taken) and
         ``ValidationError`` (naming the document and chunk) before anything is stored.
         """
-        state = self._state(library_id)
-        batch = self._builder.prepare(state.library, [_as_new_document(d) for d in documents])
+        state = self._writable(library_id)
+        batch = self._builder.prepare(state.head, [_as_new_document(d) for d in documents])
         with self._commit:
-            state = self._state(library_id)
-            library = state.library
-            batch = self._builder.revalidate(library, batch)
-            taken = [d.id for d in batch.documents if d.id in state.titles]
+            state = self._writable(library_id)
+            batch = self._builder.revalidate(state.head, batch)
+            taken = [d.id for d in batch.documents if d.id in state.documents]
             if taken or len({d.id for d in batch.documents}) != len(batch.documents):
                 raise AlreadyExistsError(f"document id {taken[0] if taken else ''} is taken")
-            return self._commit_documents(state, batch, "document.added")
+            turn, commit, apply = self._order_documents(state, batch, "document.added")
+        self._pipeline.finish(turn, commit, apply)
+        return [replace(d, chunks=()) for d in batch.documents]
 
     def add_document(self, library_id: str, document: NewDocument | Mapping[str, Any]) -> Document:
         return self.add_documents(library_id, [document])[0]
@@ -367,67 +393,94 @@ class VectorDBService:
     ) -> Document:
         """Change a document's title/metadata, or replace its content (``text`` or ``chunks``:
         re-chunked and re-embedded). Raises ``NotFoundError``, ``ValidationError``."""
-        state = self._state(library_id)
+        state = self._writable(library_id)
         old = self.get_document(library_id, document_id)
-        new_title = old.title if title is None else v.check_text(title, "title")
-        new_meta = old.metadata if metadata is None else v.check_metadata(metadata)
+        new_title = None if title is None else v.check_text(title, "title")
+        new_meta = None if metadata is None else v.check_metadata(metadata)
         if text is None and chunks is None:
-            doc = replace(old, title=new_title, metadata=new_meta, updated_at=utcnow())
             with self._commit:
-                state = self._state(library_id)
-                if document_id not in state.titles:
+                state = self._writable(library_id)
+                # the fields change applies to the chunks every ordered write has left: wait
+                # for those to be applied, then read the document again
+                self._pipeline.drain()
+                current = self._repo.get_document(library_id, document_id)
+                if current is None or document_id not in state.documents:
                     raise DocumentNotFoundError(document_id, library_id)
-                library = replace(state.library, updated_at=doc.updated_at)
+                doc = replace(
+                    current,
+                    title=current.title if new_title is None else new_title,
+                    metadata=current.metadata if new_meta is None else new_meta,
+                    updated_at=utcnow(),
+                )
+                library = replace(state.head, updated_at=doc.updated_at)
                 event = self._event("document.updated", library_id, _document_data(doc))
-                self._repo.save_documents(library, [doc], [event])
+                commit = self._repo.save_documents(library, [doc], [event])
+                turn = self._ordered([event])
+                state.head = library
+                state.order_documents([doc])
+
+            def apply() -> None:
                 with state.lock.write():
                     state.update_document_fields(doc)
                     state.library = library
                 self._publish([event])
+
+            self._pipeline.finish(turn, commit, apply)
             return replace(doc, chunks=())
         new = NewDocument(
             id=document_id,
-            title=new_title,
-            metadata=new_meta,
+            title=old.title if new_title is None else new_title,
+            metadata=old.metadata if new_meta is None else new_meta,
             text=text,
             chunks=None if chunks is None else [_as_new_chunk(c) for c in chunks],
         )
-        batch = self._builder.prepare(state.library, [new], created_at=old.created_at)
+        batch = self._builder.prepare(state.head, [new], created_at=old.created_at)
         with self._commit:
-            state = self._state(library_id)
-            if document_id not in state.titles:
+            state = self._writable(library_id)
+            if document_id not in state.documents:
                 raise DocumentNotFoundError(document_id, library_id)
-            batch = self._builder.revalidate(state.library, batch)
-            return self._commit_documents(state, batch, "document.updated")[0]
+            batch = self._builder.revalidate(state.head, batch)
+            turn, commit, apply = self._order_documents(state, batch, "document.updated")
+        self._pipeline.finish(turn, commit, apply)
+        return replace(batch.documents[0], chunks=())
 
     def delete_document(self, library_id: str, document_id: str) -> None:
         """Raises ``NotFoundError``."""
         with self._commit:
-            state = self._state(library_id)
-            if document_id not in state.titles:
+            state = self._writable(library_id)
+            title = state.title_of(document_id)
+            if title is None:
                 raise DocumentNotFoundError(document_id, library_id)
-            old = state.library
-            removed = len(state.doc_labels.get(document_id, ()))
+            old = state.head
             library = replace(
                 old,
                 document_count=old.document_count - 1,
-                chunk_count=old.chunk_count - removed,
+                chunk_count=old.chunk_count - state.chunks_of(document_id),
                 updated_at=utcnow(),
             )
-            data = {"document_id": document_id, "title": state.titles[document_id]}
+            data = {"document_id": document_id, "title": title}
             event = self._event("document.deleted", library_id, data)
-            self._repo.delete_document(library, document_id, event)
+            commit = self._repo.delete_document(library, document_id, event)
+            turn = self._ordered([event])
+            state.head = library
+            del state.documents[document_id]
+
+        def apply() -> None:
             with state.lock.write():
                 state.remove_document(document_id)
                 state.library = library
             self._publish([event])
 
-    def _commit_documents(
+        self._pipeline.finish(turn, commit, apply)
+
+    def _order_documents(
         self, state: LibraryState, batch: PreparedBatch, event_type: str
-    ) -> list[Document]:
-        old = state.library
-        replaced = sum(len(state.doc_labels.get(d.id, ())) for d in batch.documents)
-        added = sum(1 for d in batch.documents if d.id not in state.titles)
+    ) -> tuple[int, Commit, Callable[[], None]]:
+        """Order a batch of new or replacing documents (the caller holds the commit lock and
+        has validated it): its turn, commit and what applies it (see ``_pipeline``)."""
+        old = state.head
+        replaced = sum(state.chunks_of(d.id) for d in batch.documents)
+        added = sum(1 for d in batch.documents if d.id not in state.documents)
         library = replace(
             old,
             dimension=old.dimension or batch.dimension,
@@ -439,12 +492,18 @@ class VectorDBService:
             self._event(event_type, old.id, _document_data(d), offset=i)
             for i, d in enumerate(batch.documents)
         ]
-        self._repo.save_documents(library, batch.documents, events)
-        with state.lock.write():
-            state.library = library
-            state.apply_documents(batch.documents, batch.vectors)
-        self._publish(events)
-        return [replace(d, chunks=()) for d in batch.documents]
+        commit = self._repo.save_documents(library, batch.documents, events)
+        turn = self._ordered(events)
+        state.head = library
+        state.order_documents(batch.documents)
+
+        def apply() -> None:
+            with state.lock.write():
+                state.library = library
+                state.apply_documents(batch.documents, batch.vectors)
+            self._publish(events)
+
+        return turn, commit, apply
 
     # -- search -------------------------------------------------------------------------------
 
@@ -687,18 +746,35 @@ class VectorDBService:
     # -- internals ----------------------------------------------------------------------------
 
     def _state(self, library_id: str) -> LibraryState:
+        """A library as readers see it; raises ``LibraryNotFoundError``."""
         state = self._states.get(library_id) if isinstance(library_id, str) else None
         if state is None:
             raise LibraryNotFoundError(str(library_id))
         return state
 
+    def _writable(self, library_id: str) -> LibraryState:
+        """A library that writes may still be ordered to (not being deleted)."""
+        state = self._state(library_id)
+        if state.deleted:
+            raise LibraryNotFoundError(library_id)
+        return state
+
     def _event(
         self, event_type: str, library_id: str, data: Mapping[str, Any], offset: int = 0
     ) -> Event:
-        # ids are taken only when published, so a failed write consumes none
+        # ids are taken only once the repository has the write (``_ordered``): a write that
+        # fails before consumes none
         return Event(
-            id=str(self._last_event + 1 + offset), type=event_type, library_id=library_id, data=data
+            id=str(self._ordered_event + 1 + offset),
+            type=event_type,
+            library_id=library_id,
+            data=data,
         )
+
+    def _ordered(self, events: Sequence[Event]) -> int:
+        """The repository has the write with ``events``: take their ids and the write's turn."""
+        self._ordered_event += len(events)
+        return self._pipeline.order()
 
     def _publish(self, events: Sequence[Event]) -> None:
         for event in events:

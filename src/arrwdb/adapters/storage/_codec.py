@@ -135,6 +135,8 @@ class SnapshotHeader(msgspec.Struct, tag="header"):
     format: int
     last_seq: int
     created_at: datetime
+    #: the last document position handed out (list cursors are positions); 0 in older files
+    document_seq: int = 0
 
 
 class LibraryItem(msgspec.Struct, tag="library"):
@@ -144,6 +146,9 @@ class LibraryItem(msgspec.Struct, tag="library"):
 class DocumentsItem(msgspec.Struct, tag="documents"):
     library_id: str
     documents: list[Document]
+    #: each document's position in its library's insertion order (``None`` in older files:
+    #: then numbered afresh), kept so that list cursors stay valid across a restart
+    positions: list[int] | None = None
 
 
 class EventsItem(msgspec.Struct, tag="events"):

@@ -50,8 +50,10 @@ class SnapshotState:
 
     last_seq: int
     libraries: list[Library]
-    documents: dict[str, list[Document]]
+    #: library id -> (position, document) in insertion order
+    documents: dict[str, list[tuple[int, Document]]]
     events: list[Event]
+    document_seq: int = 0
 
 
 def snapshot_name(last_seq: int) -> str:
@@ -97,22 +99,31 @@ def write_snapshot(directory: Path, state: SnapshotState) -> Path:
 
 
 def _items(state: SnapshotState) -> Iterator[SnapshotItem]:
-    yield SnapshotHeader(format=FORMAT, last_seq=state.last_seq, created_at=utcnow())
+    yield SnapshotHeader(
+        format=FORMAT,
+        last_seq=state.last_seq,
+        created_at=utcnow(),
+        document_seq=state.document_seq,
+    )
     for library in state.libraries:
         yield LibraryItem(library=library)
-    for library_id, documents in state.documents.items():
-        for batch in _batches(documents):
-            yield DocumentsItem(library_id=library_id, documents=batch)
+    for library_id, entries in state.documents.items():
+        for batch in _batches(entries):
+            yield DocumentsItem(
+                library_id=library_id,
+                documents=[doc for _, doc in batch],
+                positions=[position for position, _ in batch],
+            )
     for start in range(0, len(state.events), BATCH_EVENTS):
         yield EventsItem(events=state.events[start : start + BATCH_EVENTS])
 
 
-def _batches(documents: Sequence[Document]) -> Iterator[list[Document]]:
-    batch: list[Document] = []
+def _batches(entries: Sequence[tuple[int, Document]]) -> Iterator[list[tuple[int, Document]]]:
+    batch: list[tuple[int, Document]] = []
     chunks = 0
-    for document in documents:
-        batch.append(document)
-        chunks += max(1, len(document.chunks))
+    for entry in entries:
+        batch.append(entry)
+        chunks += max(1, len(entry[1].chunks))
         if chunks >= BATCH_CHUNKS:
             yield batch
             batch, chunks = [], 0

@@ -174,11 +174,11 @@ class DiskRepository:
             path.unlink(missing_ok=True)
 
     def _load_snapshot(self, path: Path) -> int:
-        last_seq = 0
+        last_seq = position = 0
         libraries: dict[str, Library] = {}
         for item in read_snapshot(path):
             if isinstance(item, SnapshotHeader):
-                last_seq = item.last_seq
+                last_seq, position = item.last_seq, item.document_seq
             elif isinstance(item, LibraryItem):
                 libraries[item.library.id] = item.library
                 self._mem.save_library(item.library, None)
@@ -190,32 +190,44 @@ class DiskRepository:
                         f"{item.library_id!r}",
                         path=str(path),
                     )
-                self._mem.save_documents(library, item.documents, ())
+                if item.positions is None or len(item.positions) != len(item.documents):
+                    self._mem.save_documents(library, item.documents, ())  # an older file
+                else:
+                    entries = list(zip(item.positions, item.documents, strict=True))
+                    self._mem.restore_entries(library, entries)
             elif isinstance(item, EventsItem):
                 self._events.extend(item.events)
+        self._mem.continue_after(position)
         return last_seq
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def save_library(self, library: Library, event: Event | None) -> None:
-        self._commit(SaveLibrary(library=library, event=event))
+    def save_library(self, library: Library, event: Event | None) -> PendingWrite:
+        return self._commit(SaveLibrary(library=library, event=event))
 
-    def delete_library(self, library_id: str, event: Event) -> None:
-        self._commit(DeleteLibrary(library_id=library_id, event=event))
+    def delete_library(self, library_id: str, event: Event) -> PendingWrite:
+        return self._commit(DeleteLibrary(library_id=library_id, event=event))
 
     def save_documents(
         self, library: Library, documents: Sequence[Document], events: Sequence[Event]
-    ) -> None:
-        self._commit(SaveDocuments(library=library, documents=list(documents), events=list(events)))
+    ) -> PendingWrite:
+        return self._commit(
+            SaveDocuments(library=library, documents=list(documents), events=list(events))
+        )
 
-    def delete_document(self, library: Library, document_id: str, event: Event) -> None:
-        self._commit(DeleteDocument(library=library, document_id=document_id, event=event))
+    def delete_document(self, library: Library, document_id: str, event: Event) -> PendingWrite:
+        return self._commit(DeleteDocument(library=library, document_id=document_id, event=event))
 
-    def _commit(self, operation: Operation) -> None:
+    def _commit(self, operation: Operation) -> PendingWrite:
+        """Append the record (in call order); ``PendingWrite.wait`` does the rest."""
         payload = ENCODER.encode(operation)
         if self._closed:
             raise StorageError(f"the store at {self.path} is closed")
-        seq = self._wal.write(payload)
+        return PendingWrite(self, self._wal.write(payload), operation)
+
+    def _finish(self, seq: int, operation: Operation) -> None:
+        """Wait until record ``seq`` is durable (sharing the fsync with the records appended
+        meanwhile), then apply it in memory after every earlier record."""
         failure: StorageError | None = None
         try:
             self._wal.durable(seq)
@@ -319,10 +331,16 @@ class DiskRepository:
     def _capture(self) -> SnapshotState:
         with self._state:
             libraries = self._mem.list_libraries()
-            documents = {lib.id: list(self._mem.iter_documents(lib.id)) for lib in libraries}
+            documents = {lib.id: self._mem.entries(lib.id) for lib in libraries}
             self._since_snapshot = 0
             self._snapshot_mark = self._wal.bytes_written
-            return SnapshotState(self._applied, libraries, documents, self._retained_events())
+            return SnapshotState(
+                self._applied,
+                libraries,
+                documents,
+                self._retained_events(),
+                document_seq=self._mem.position,
+            )
 
     def _maybe_snapshot(self) -> None:
         with self._state:
@@ -395,6 +413,27 @@ class DiskRepository:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class PendingWrite:
+    """The ``Commit`` of a disk write: appended to the log, durable and visible after ``wait``.
+
+    Every pending write must be waited for, in any order: records are applied in log order, so
+    one that is never waited for holds back every later one."""
+
+    __slots__ = ("_operation", "_repository", "_waited", "seq")
+
+    def __init__(self, repository: DiskRepository, seq: int, operation: Operation) -> None:
+        self._repository = repository
+        self.seq = seq
+        self._operation = operation
+        self._waited = False
+
+    def wait(self) -> None:
+        if self._waited:
+            return
+        self._waited = True
+        self._repository._finish(self.seq, self._operation)
 
 
 def _decode(record: WalRecord) -> Operation:

@@ -15,6 +15,18 @@ from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library, Page
 
 
+class Done:
+    """The ``Commit`` of a write that is complete when its call returns."""
+
+    __slots__ = ()
+
+    def wait(self) -> None:
+        return None
+
+
+DONE = Done()
+
+
 class InMemoryRepository:
     """Implements ``arrwdb.domain.ports.Repository``."""
 
@@ -25,15 +37,17 @@ class InMemoryRepository:
         self._documents: dict[str, dict[str, tuple[int, Document]]] = {}
         self._seq = 0
 
-    def save_library(self, library: Library, event: Event | None) -> None:
+    def save_library(self, library: Library, event: Event | None) -> Done:
         with self._lock:
             self._libraries[library.id] = library
             self._documents.setdefault(library.id, {})
+        return DONE
 
-    def delete_library(self, library_id: str, event: Event) -> None:
+    def delete_library(self, library_id: str, event: Event) -> Done:
         with self._lock:
             self._libraries.pop(library_id, None)
             self._documents.pop(library_id, None)
+        return DONE
 
     def get_library(self, library_id: str) -> Library | None:
         return self._libraries.get(library_id)
@@ -44,7 +58,7 @@ class InMemoryRepository:
 
     def save_documents(
         self, library: Library, documents: Sequence[Document], events: Sequence[Event]
-    ) -> None:
+    ) -> Done:
         with self._lock:
             docs = self._documents.setdefault(library.id, {})
             for doc in documents:
@@ -55,11 +69,13 @@ class InMemoryRepository:
                 else:
                     docs[doc.id] = (previous[0], doc)
             self._libraries[library.id] = library
+        return DONE
 
-    def delete_document(self, library: Library, document_id: str, event: Event) -> None:
+    def delete_document(self, library: Library, document_id: str, event: Event) -> Done:
         with self._lock:
             self._documents.get(library.id, {}).pop(document_id, None)
             self._libraries[library.id] = library
+        return DONE
 
     def get_document(self, library_id: str, document_id: str) -> Document | None:
         entry = self._documents.get(library_id, {}).get(document_id)
@@ -84,6 +100,31 @@ class InMemoryRepository:
         more = start + limit < len(entries)
         items = [_without_chunks(doc) for _, doc in page]
         return Page(items=items, next_cursor=str(page[-1][0]) if more and page else None)
+
+    def entries(self, library_id: str) -> list[tuple[int, Document]]:
+        """``(position, document)`` in insertion order: what a snapshot keeps."""
+        with self._lock:
+            return list(self._documents.get(library_id, {}).values())
+
+    @property
+    def position(self) -> int:
+        """The last position handed out."""
+        return self._seq
+
+    def restore_entries(self, library: Library, entries: Sequence[tuple[int, Document]]) -> None:
+        """Put back documents at the positions ``entries`` gives (ascending, after any this
+        library holds), so that list cursors issued before a restart stay valid."""
+        with self._lock:
+            docs = self._documents.setdefault(library.id, {})
+            for seq, doc in entries:
+                docs[doc.id] = (seq, doc)
+            self._libraries[library.id] = library
+            self._seq = max(self._seq, entries[-1][0] if entries else 0)
+
+    def continue_after(self, position: int) -> None:
+        """Hand out positions after ``position`` from now on."""
+        with self._lock:
+            self._seq = max(self._seq, position)
 
     def iter_documents(self, library_id: str) -> Iterator[Document]:
         with self._lock:
