@@ -7,7 +7,9 @@ in a worker thread so it never blocks the event loop.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -115,6 +117,11 @@ class Database:
             return self.service.get_library(name_or_id).id
         except LibraryNotFoundError:
             return self.service.find_library(name_or_id).id
+
+    def backup(self, destination: str | os.PathLike[str]) -> Path:
+        """Write a consistent copy of a durable store into the empty or new directory
+        ``destination`` while it keeps serving; ``arrwdb.open(destination)`` opens the copy."""
+        return self.service.backup(destination)
 
     def close(self) -> None:
         self._container.shutdown_resources()
@@ -356,6 +363,9 @@ class AsyncDatabase:
 
     def events(self, since: str | int | None = None, **options: Any) -> EventStream:
         return self._db.events(since, **options)
+
+    async def backup(self, destination: str | os.PathLike[str]) -> Path:
+        return await anyio.to_thread.run_sync(self._db.backup, destination)
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._db.close)

@@ -335,3 +335,44 @@ def test_hnsw_index_save_and_load_give_the_same_index(
     assert 100 in loaded
     if metric != "ip":  # (under the inner product a vector need not be its own best match)
         assert loaded.search(queries[:1], 1)[0][0, 0] == 100
+
+
+def test_an_online_backup_opens_on_its_own_while_writes_go_on(tmp_path: Path) -> None:
+    import threading
+
+    import arrwdb
+
+    db = arrwdb.open(str(tmp_path / "live"))
+    lib = db.create_library("l", dimension=DIM)
+    for seed in range(20):
+        lib.add_document(title=str(seed), chunks=[{"text": "x", "embedding": vectors(seed, 1)[0]}])
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        seed = 1000
+        while not stop.is_set():
+            lib.add_document(title="w", chunks=[{"text": "x", "embedding": vectors(seed, 1)[0]}])
+            seed += 1
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        assert db.backup(tmp_path / "copy") == tmp_path / "copy"
+    finally:
+        stop.set()
+        writer.join()
+    at_backup_time = db.get_library("l").document_count
+    db.close()
+    copy = arrwdb.open(str(tmp_path / "copy"))
+    try:
+        restored = copy.get_library("l")
+        assert 20 <= restored.document_count <= at_backup_time
+        hits = restored.search(vectors(3, 1)[0], k=1)
+        assert hits[0].document_title == "3"
+        events = [int(e.id) for e in copy.events(since="earliest", timeout=0.1)]
+        assert events == list(range(1, len(events) + 1))
+        assert len(events) == 1 + restored.document_count
+    finally:
+        copy.close()
+    with arrwdb.open() as memory, pytest.raises(arrwdb.ValidationError, match="in memory"):
+        memory.backup(tmp_path / "nothing")

@@ -7,8 +7,10 @@ domain error it raises; anything else an adapter raises is a bug (reported as ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -221,6 +223,17 @@ class Repository(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Backup(Protocol):
+    """A repository that can copy itself (a durable store; an in-memory one cannot)."""
+
+    def snapshot_to(self, destination: str | os.PathLike[str]) -> Path:
+        """Write a copy of the whole store, consistent as of one moment (writes go on), into
+        the empty or new directory ``destination``; it opens as a store on its own. Returns
+        the file written. Raises ``StorageError``."""
+        ...
 
 
 class Subscription(Protocol):

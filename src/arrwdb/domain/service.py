@@ -16,11 +16,13 @@ store failure leaves the index and the event stream untouched.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,7 @@ from arrwdb.domain.models import (
     utcnow,
 )
 from arrwdb.domain.ports import (
+    Backup,
     Commit,
     Embedder,
     EventBus,
@@ -208,6 +211,19 @@ class VectorDBService:
     def check_ready(self) -> None:
         """Raise ``StorageError`` when the store cannot serve."""
         self._repo.check()
+
+    def backup(self, destination: str | os.PathLike[str]) -> Path:
+        """Write a consistent copy of the store into the empty or new directory
+        ``destination``, while reads and writes go on; it opens as a store on its own (its
+        HNSW indexes are rebuilt on its first open). Returns the directory. Raises
+        ``InvalidArgumentError`` for an in-memory store, ``StorageError``."""
+        repo = self._repo
+        if not isinstance(repo, Backup):
+            raise InvalidArgumentError(
+                "this store is in memory: there is nothing on disk to back up",
+                field="destination",
+            )
+        return repo.snapshot_to(destination).parent
 
     # -- libraries ----------------------------------------------------------------------------
 
