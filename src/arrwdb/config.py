@@ -25,6 +25,7 @@ class Settings:
     data_dir: str | None = None
     fsync: Literal["always", "interval", "never"] = "always"
     index_save_interval: float = 300.0
+    backup_dir: str | None = None
     # event stream
     bus: Literal["inprocess"] = "inprocess"
     history_size: int = 10_000

@@ -213,6 +213,19 @@ class Readiness(Struct, kw_only=True):
     status: str
 
 
+class BackupIn(Struct, kw_only=True):
+    """``POST /v1/backups``: the backup's folder name under the server's backup directory
+    (default: ``backup-<UTC time>``)."""
+
+    name: str | None = None
+
+
+class BackupOut(Struct, kw_only=True):
+    name: str
+    path: str
+    created_at: str
+
+
 class WebSocketStats(Struct, kw_only=True):
     """``GET /v1/websockets/stats``, in the seed's exact shape."""
 

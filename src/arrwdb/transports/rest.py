@@ -7,16 +7,23 @@ are enabled: see :func:`health_router`.
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Annotated
 
+import anyio
 from litestar import Router, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Response
 
+from arrwdb.domain.errors import AlreadyExistsError, InvalidArgumentError
 from arrwdb.transports._body import WireBody
 from arrwdb.transports.errors import ShuttingDown, classify, problem_response
 from arrwdb.transports.messages import (
+    BackupIn,
+    BackupOut,
     DocumentGet,
     DocumentId,
     DocumentList,
@@ -159,6 +166,50 @@ async def search(
     return out
 
 
+# -- backups --------------------------------------------------------------------------------
+
+_BACKUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def backup_dir(runtime: RuntimeDep) -> Path | None:
+    """Where ``POST /v1/backups`` writes: ``backup_dir``, else ``<data_dir>/backups``."""
+    settings = runtime.settings
+    if settings.backup_dir:
+        return Path(settings.backup_dir)
+    return Path(settings.data_dir) / "backups" if settings.data_dir else None
+
+
+@post("/v1/backups", status_code=201, tags=["backups"])
+async def create_backup(runtime: RuntimeDep, data: JSONBody[BackupIn]) -> BackupOut:
+    """Write a consistent copy of the durable store into a new folder of the server's backup
+    directory while it keeps serving (``arrwdb serve --data-dir <path>`` opens it). 422 for an
+    in-memory store or a bad name, 409 for a name already used."""
+    now = datetime.now(UTC)
+    name = data.name or now.strftime("backup-%Y%m%dT%H%M%S%fZ")
+    if not _BACKUP_NAME.fullmatch(name):
+        raise InvalidArgumentError(
+            "a backup name is 1-128 letters, digits, '.', '_' or '-', not starting with "
+            "'.', '_' or '-'",
+            field="name",
+        )
+    home = backup_dir(runtime)
+    if home is None:
+        raise InvalidArgumentError(
+            "this server keeps its data in memory: there is nothing on disk to back up",
+            field="name",
+        )
+    destination = home / name
+    if destination.exists():
+        raise AlreadyExistsError(f"a backup named {name!r} already exists", name=name)
+    gate = runtime.dispatcher.gate
+    gate.enter()  # refused once the server shuts down
+    try:
+        path = await anyio.to_thread.run_sync(runtime.service.backup, destination)
+    finally:
+        gate.exit()
+    return BackupOut(name=name, path=str(path), created_at=now.isoformat())
+
+
 # -- health ---------------------------------------------------------------------------------
 
 
@@ -193,6 +244,7 @@ def router() -> Router:
             update_document,
             delete_document,
             search,
+            create_backup,
         ],
         dto=WireBody,
         return_dto=None,

@@ -9,14 +9,19 @@ in-flight requests are answered) and waits for writes in flight.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections import Counter
-from typing import Protocol, TypeAlias
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeAlias, TypeVar
 
 import anyio
 from litestar.di import NamedDependency
+from litestar.response import ServerSentEventMessage
 
 from arrwdb.config import Settings
+from arrwdb.domain.errors import SlowConsumerError, SubscriptionClosedError
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import format_timestamp
 from arrwdb.domain.ports import Subscription
@@ -28,15 +33,44 @@ from arrwdb.transports.messages import WebSocketStats, encoder
 logger = logging.getLogger("arrwdb.transports")
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class EncodedSSE(ServerSentEventMessage):
+    """An SSE message whose bytes were encoded once for every stream (Litestar encodes each
+    message it is given once per stream otherwise)."""
+
+    encoded: bytes = b""
+
+    def encode(self) -> bytes:
+        return self.encoded
+
+
 class EventFrames:
     """Encodes each event once, whatever the number of subscribers: a small cache of the
-    WebSocket frame and of the SSE ``data`` (the envelope) by event id. Subscribers read
-    events at about the same time, so the last few thousand ids cover them."""
+    WebSocket frame, of the SSE ``data`` (the envelope) and of the whole SSE message by event
+    id. Subscribers read events at about the same time, so the last thousand ids cover them."""
 
     def __init__(self, size: int = 1024) -> None:
         self._size = size
         self._ws: dict[str, str] = {}
         self._sse: dict[str, str] = {}
+        self._sse_messages: dict[str, EncodedSSE] = {}
+
+    def sse_message(self, event: Event) -> EncodedSSE:
+        """The SSE message of ``event`` (``id``, ``event`` and ``data`` lines), encoded once."""
+        message = self._sse_messages.get(event.id)
+        if message is None:
+            plain = ServerSentEventMessage(data=self.sse(event), id=event.id, event=event.type)
+            message = EncodedSSE(
+                data=plain.data, id=plain.id, event=plain.event, encoded=plain.encode()
+            )
+            if len(self._sse_messages) >= self._size:
+                for old in list(self._sse_messages)[: self._size // 4]:
+                    del self._sse_messages[old]
+            self._sse_messages[event.id] = message
+        return message
 
     def ws(self, event: Event) -> str:
         frame = self._ws.get(event.id)
@@ -71,6 +105,175 @@ class EventFrames:
                 del cache[old]
         cache[key] = value
         return value
+
+
+class Outbox(Generic[T]):
+    """A bounded FIFO from any number of senders to one receiver, on one asyncio loop: what a
+    WebSocket connection queues for its writer (events and responses).
+
+    It has the interface of an anyio memory object stream (``send_nowait`` raising
+    ``anyio.WouldBlock`` when full, ``send`` waiting for room, ``close`` to end it after what
+    is queued, ``ClosedResourceError``/``BrokenResourceError``; the receiver iterates it in
+    ``async with``) at a fraction of the cost: fan-out pushes one frame per event per
+    subscriber, and a frame that is there is taken without suspending (no checkpoint) and a
+    wait is one bare future."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self._size = size
+        self._items: deque[T] = deque()
+        self._getter: asyncio.Future[None] | None = None
+        self._putters: deque[asyncio.Future[None]] = deque()
+        self._closed = False  # no more sends (the receiver gets what is queued, then ends)
+        self._broken = False  # the receiver is gone
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def send_nowait(self, item: T) -> None:
+        if self._broken:
+            raise anyio.BrokenResourceError
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if len(self._items) >= self._size:
+            raise anyio.WouldBlock
+        self._items.append(item)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    async def send(self, item: T) -> None:
+        while True:
+            try:
+                self.send_nowait(item)
+                return
+            except anyio.WouldBlock:
+                pass
+            fut = asyncio.get_running_loop().create_future()
+            self._putters.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done() or fut.cancelled():
+                    with contextlib.suppress(ValueError):
+                        self._putters.remove(fut)
+
+    def close(self) -> None:
+        """No more sends; the receiver takes what is queued, then its iteration ends."""
+        self._closed = True
+        self._wake_all()
+
+    async def __aenter__(self) -> Outbox[T]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """The receiver is gone: senders get ``BrokenResourceError`` from now on."""
+        self._broken = True
+        self._items.clear()
+        self._wake_all()
+
+    def __aiter__(self) -> Outbox[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while not self._items:
+            if self._closed or self._broken:
+                raise StopAsyncIteration
+            fut = self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await fut
+            finally:
+                self._getter = None
+        item = self._items.popleft()
+        while self._putters:
+            putter = self._putters.popleft()
+            if not putter.done():
+                putter.set_result(None)
+                break
+        return item
+
+    def _wake_all(self) -> None:
+        for fut in (self._getter, *self._putters):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        self._putters.clear()
+
+
+class Pumped(Protocol):
+    """A WebSocket connection as the fan-out sees it."""
+
+    def pump(self) -> None:
+        """Move the events its subscription holds to its outbound queue, without waiting (and
+        without raising)."""
+        ...
+
+
+class FanOut:
+    """Moves events to the WebSocket connections' outbound queues, for all of them at once.
+
+    One task per event loop holds a subscription to every event (a doorbell): each time it
+    wakes, it calls ``pump`` on every registered connection, which drains that connection's
+    own subscription (so each connection still gets exactly its events, once and in order,
+    with its own filters and its own slow-consumer limit). Compared with one waiting task per
+    connection, an event costs one wake-up of this task plus one of each connection's writer,
+    instead of a future, a wake-up and a subscription read in every connection's task before
+    its writer runs."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._members: dict[Pumped, None] = {}  # in the order they joined
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def add(self, member: Pumped) -> None:
+        """Pump ``member`` after each publish from now on (call its ``pump`` once yourself
+        for what its subscription already holds)."""
+        self._members[member] = None
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._loop is not loop:
+            self._loop = loop
+            self._task = loop.create_task(self._run(), name="arrwdb-ws-fanout")
+
+    def discard(self, member: Pumped) -> None:
+        self._members.pop(member, None)
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+
+    async def _run(self) -> None:
+        while not self._runtime.closing:
+            try:
+                bell = self._runtime.service.subscribe(None)
+            except SubscriptionClosedError:
+                return
+            try:
+                while True:
+                    await bell.aget()
+                    while bell.poll() is not None:  # one round for a burst of events
+                        pass
+                    self._pump_all()
+            except SlowConsumerError:
+                self._pump_all()  # the doorbell fell behind: ring again from now on
+            except SubscriptionClosedError:
+                return
+            except Exception:
+                logger.exception("the WebSocket fan-out failed; restarting it")
+            finally:
+                bell.close()
+
+    def _pump_all(self) -> None:
+        for member in list(self._members):
+            try:
+                member.pump()
+            except Exception:
+                logger.exception("pumping events to a WebSocket connection failed")
+                self.discard(member)
 
 
 class Connection(Protocol):
@@ -122,6 +325,7 @@ class Runtime:
         self.gate = WriteGate()
         self.dispatcher = Dispatcher(lambda: self.service, self.gate)
         self.frames = EventFrames()
+        self.fanout = FanOut(self)
         self.connections = ConnectionRegistry()
         self.streams: set[Subscription] = set()
         self.closing = False
@@ -158,6 +362,7 @@ class Runtime:
                 for conn in connections:
                     tg.start_soon(conn.shutdown)
             await self.gate.wait_idle()
+        self.fanout.close()
         if scope.cancelled_caught:
             logger.warning("drain timed out after %.1f s", timeout)
 

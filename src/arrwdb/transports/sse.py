@@ -105,9 +105,7 @@ async def _stream(
             if event is None:
                 yield ServerSentEventMessage(comment="keep-alive", data=None)
                 continue
-            yield ServerSentEventMessage(
-                data=runtime.frames.sse(event), id=event.id, event=event.type
-            )
+            yield runtime.frames.sse_message(event)  # encoded once for every stream
     finally:
         runtime.streams.discard(sub)
         sub.close()

@@ -12,7 +12,8 @@ Each connection runs, in one task group:
   request, names an unknown action or fails validation is answered with an error response and
   the socket stays open;
 * a **pump** that moves events from the subscription to the outbound queue, encoded once per
-  event for all subscribers (``runtime.frames``);
+  event for all subscribers (``runtime.frames``): not a task of its own, but ``pump()``, called
+  after each publish by one task for every connection (``runtime.fanout``);
 * a **writer** that sends the outbound queue (``settings.ws_send_queue`` frames, bounded).
 
 A client that does not read is cut off: when the outbound queue stays full for
@@ -32,7 +33,7 @@ from typing import Any
 
 import anyio
 import msgspec
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 from litestar import Router, WebSocket, get, websocket
 from litestar.params import FromPath
 from msgspec import UNSET
@@ -52,7 +53,7 @@ from arrwdb.transports.envelopes import (
 )
 from arrwdb.transports.errors import classify
 from arrwdb.transports.messages import WebSocketStats, encoder
-from arrwdb.transports.runtime import Runtime, RuntimeDep
+from arrwdb.transports.runtime import Outbox, Runtime, RuntimeDep
 
 logger = logging.getLogger("arrwdb.ws")
 
@@ -94,7 +95,9 @@ class _Connection:
         self._runtime = runtime
         self._max_message = settings.max_ws_message_bytes
         self._send_timeout = settings.ws_send_timeout
-        self._out, self._out_reader = anyio.create_memory_object_stream[str](settings.ws_send_queue)
+        # one bounded FIFO to the writer (events and responses), read without a checkpoint
+        self._out: Outbox[str] = Outbox(settings.ws_send_queue)
+        self._out_reader = self._out
         self._slots = anyio.Semaphore(settings.ws_max_inflight)
         self._sub: Subscription | None = None
         self._pump_scope: anyio.CancelScope | None = None
@@ -193,11 +196,15 @@ class _Connection:
     async def _serve(self, request: WSRequest) -> None:
         try:
             action = type(request).__struct_config__.tag
+            rid = request.request_id
+
+            def encode(data: Any) -> str:  # in the worker thread, off the event loop
+                return _frame(WSResponse(request_id=rid, success=True, data=data))
+
             try:
-                data = await self._runtime.dispatcher.execute(
-                    str(action), self.library_id, request.data
+                frame: str = await self._runtime.dispatcher.execute(
+                    str(action), self.library_id, request.data, then=encode
                 )
-                frame = _frame(WSResponse(request_id=request.request_id, success=True, data=data))
             except Exception as exc:
                 fault = classify(exc)
                 frame = _error(request.request_id, fault.code, fault.message, fault.field)
@@ -240,9 +247,11 @@ class _Connection:
     async def _start_pump(self, sub: Subscription) -> None:
         assert self._tg is not None
         self._sub = sub
-        self._pump_scope = await self._tg.start(self._pump, sub)
+        self._runtime.fanout.add(self)  # pumped after each publish from now on
+        self.pump()  # and now, for what the subscription already holds (a replay)
 
     def _stop_pump(self) -> None:
+        self._runtime.fanout.discard(self)
         if self._pump_scope is not None:
             self._pump_scope.cancel()
             self._pump_scope = None
@@ -250,37 +259,55 @@ class _Connection:
             self._sub.close()
             self._sub = None
 
-    async def _pump(
-        self,
-        sub: Subscription,
-        *,
-        task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
+    def pump(self) -> None:
+        """Move the events the subscription holds to the outbound queue, without waiting:
+        called by ``runtime.fanout`` after each publish (one task for every connection),
+        each event's frame encoded once for all subscribers (``runtime.frames``). When the
+        queue is full, a task of the connection waits for room (``_wait_for_room``) and
+        carries on; meanwhile the fan-out skips this connection."""
+        sub = self._sub
+        if sub is None or self._pump_scope is not None:
+            return  # not subscribed, or waiting for room
         frames = self._runtime.frames
-        with anyio.CancelScope() as scope:
-            task_status.started(scope)
-            try:
-                while True:
-                    event = await sub.aget()
-                    if event is None:
-                        continue
-                    frame = frames.ws(event)
-                    try:
-                        self._out.send_nowait(frame)
-                    except anyio.WouldBlock:
-                        # a burst (one bulk commit) may fill the queue: wait, but not forever
-                        with anyio.move_on_after(self._send_timeout):
-                            await self._out.send(frame)
-                            continue
-                        self._request_close(CLOSE_SLOW_CONSUMER, "slow consumer: not reading")
-                        return
-            except SlowConsumerError:
-                self._request_close(CLOSE_SLOW_CONSUMER, "slow consumer: fell behind the events")
-            except SubscriptionClosedError:
-                if self._runtime.closing:
-                    self._request_close(CLOSE_GOING_AWAY, "server shutting down")
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        try:
+            while True:
+                event = sub.poll()
+                if event is None:
+                    return
+                frame = frames.ws(event)
+                try:
+                    self._out.send_nowait(frame)
+                except anyio.WouldBlock:
+                    # a burst (one bulk commit) may fill the queue: wait, but not forever
+                    assert self._tg is not None
+                    scope = self._pump_scope = anyio.CancelScope()
+                    self._tg.start_soon(self._wait_for_room, frame, scope)
+                    return
+        except SlowConsumerError:
+            self._runtime.fanout.discard(self)
+            self._request_close(CLOSE_SLOW_CONSUMER, "slow consumer: fell behind the events")
+        except SubscriptionClosedError:
+            self._runtime.fanout.discard(self)
+            if self._runtime.closing:
+                self._request_close(CLOSE_GOING_AWAY, "server shutting down")
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError):
+            # the queue or the task group is closed: the connection is ending
+            self._runtime.fanout.discard(self)
+
+    async def _wait_for_room(self, frame: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            with anyio.move_on_after(self._send_timeout):
+                try:
+                    await self._out.send(frame)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    self._runtime.fanout.discard(self)
+                    return
+                if self._pump_scope is scope:
+                    self._pump_scope = None
+                    self.pump()  # the rest, then back to the fan-out
                 return
+            self._runtime.fanout.discard(self)
+            self._request_close(CLOSE_SLOW_CONSUMER, "slow consumer: not reading")
 
     # -- writing ------------------------------------------------------------------------------
 

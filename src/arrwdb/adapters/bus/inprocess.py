@@ -17,7 +17,8 @@ Design (why it is shaped like this):
 * **Sync and async consumers.** Threads wait on a condition variable; coroutines wait on a
   future of their own event loop, woken with ``call_soon_threadsafe`` when the publisher runs in
   another thread (the service runs CPU work off the loop). Async waiting uses asyncio (the
-  backend Litestar and uvicorn run on), timeouts use anyio.
+  backend Litestar and uvicorn run on), timeouts a timer of the loop: no cancel scope on
+  the hot path.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-import anyio
 
 from arrwdb.domain.errors import SlowConsumerError, SubscriptionClosedError
 from arrwdb.domain.events import Event, StartPoint
@@ -270,8 +269,15 @@ class InProcessSubscription:
         raise error
 
     def poll(self) -> Event | None:
-        with self._bus._cond:
-            return self._bus._next_locked(self)
+        bus = self._bus
+        # Caught up and open: nothing to read, without taking the lock (fan-out polls every
+        # subscriber after each publish). A publish racing with this check wakes the
+        # waiters after it has advanced ``_last``, so the event is read on that wake-up.
+        caught_up = self._next > bus._last
+        if caught_up and self._error is None and not self._closed and not bus._closed:
+            return None
+        with bus._cond:
+            return bus._next_locked(self)
 
     def get(self, timeout: float | None = None) -> Event | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -290,22 +296,33 @@ class InProcessSubscription:
                 cond.wait(remaining)
 
     async def aget(self, timeout: float | None = None) -> Event | None:
+        # The hot path of fan-out (one call per event per subscriber): an event that is
+        # already there is returned without suspending, and a wait is one bare future (plus
+        # one timer with a timeout), without a cancel scope.
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             waited = self._bus._register_async_waiter(self)
             if isinstance(waited, Event):
                 return waited
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if deadline is None:
+                try:
+                    await waited
+                finally:
+                    if not waited.done() or waited.cancelled():
+                        self._bus._drop_async_waiter(waited)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 self._bus._drop_async_waiter(waited)
                 return self.poll()
+            timer = asyncio.get_running_loop().call_later(remaining, _resolve, (waited,))
             try:
-                with anyio.move_on_after(remaining):
-                    await waited
+                await waited
             finally:
-                if not waited.done():
-                    self._bus._drop_async_waiter(waited)
-            if deadline is not None and time.monotonic() >= deadline:
+                timer.cancel()
+                # woken by the timer or cancelled: still registered (a no-op otherwise)
+                self._bus._drop_async_waiter(waited)
+            if time.monotonic() >= deadline:
                 return self.poll()
 
     def close(self) -> None:
@@ -329,7 +346,7 @@ def _wake(waiters: dict[asyncio.AbstractEventLoop, set[asyncio.Future[None]]]) -
                 loop.call_soon_threadsafe(_resolve, futures)
 
 
-def _resolve(futures: set[asyncio.Future[None]]) -> None:
+def _resolve(futures: Iterable[asyncio.Future[None]]) -> None:
     for fut in futures:
         if not fut.done():
             fut.set_result(None)
