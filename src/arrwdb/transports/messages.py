@@ -269,6 +269,8 @@ WIRE_TYPES: tuple[type[Struct], ...] = (
     SearchOut,
     Health,
     Readiness,
+    BackupIn,
+    BackupOut,
     WebSocketStats,
     Problem,
 )
