@@ -261,3 +261,23 @@ def warn_if_busy(limit: float = 0.5) -> float:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_and_report(
+    name: str,
+    run: Callable[[], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    out_dir: Path | None = None,
+) -> int:
+    """A benchmark's ``main``: warn on a busy machine, run it, print its Markdown report and
+    write the JSON (with the report and the load average before and after)."""
+    load = warn_if_busy()
+    total, result = timed(run)
+    result["loadavg_before"] = load
+    result["loadavg_after"] = os.getloadavg()[0]
+    result["seconds"] = total
+    text = report(result)
+    print(text)
+    path = write_json(name, result | {"markdown": text}, out_dir)
+    log(f"done in {total:.0f} s; JSON: {path}")
+    return 0

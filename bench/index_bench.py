@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,9 +45,8 @@ from _common import (
     markdown_table,
     normalised,
     recall_at_k,
+    run_and_report,
     timed,
-    warn_if_busy,
-    write_json,
 )
 
 TARGETS = {
@@ -591,16 +589,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    load = warn_if_busy()
-    total, result = timed(lambda: run(args))
-    result["loadavg_before"] = load
-    result["loadavg_after"] = os.getloadavg()[0]
-    result["seconds"] = total
-    text = report(result)
-    print(text)
-    path = write_json("index", result | {"markdown": text}, args.out)
-    log(f"done in {total:.0f} s; JSON: {path}")
-    return 0
+    return run_and_report("index", lambda: run(args), report, args.out)
 
 
 if __name__ == "__main__":

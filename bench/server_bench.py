@@ -57,9 +57,7 @@ from _common import (
     log,
     machine,
     markdown_table,
-    timed,
-    warn_if_busy,
-    write_json,
+    run_and_report,
 )
 
 TARGETS = {
@@ -910,16 +908,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    load = warn_if_busy()
-    total, result = timed(lambda: run(args))
-    result["loadavg_before"] = load
-    result["loadavg_after"] = os.getloadavg()[0]
-    result["seconds"] = total
-    text = report(result)
-    print(text)
-    path = write_json("server", result | {"markdown": text}, args.out)
-    log(f"done in {total:.0f} s; JSON: {path}")
-    return 0
+    return run_and_report("server", lambda: run(args), report, args.out)
 
 
 if __name__ == "__main__":
