@@ -11,6 +11,7 @@ library's change stream; SIGKILL the server at a random moment; restart it and c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +260,85 @@ def test_no_acknowledged_write_is_lost_across_kill_9(tmp_path: Path) -> None:
         server.stop()
         for t in resume_threads:
             t.join(timeout=10)
+
+
+def test_websocket_resume_and_saved_index_across_a_clean_stop_and_a_kill_9(
+    tmp_path: Path,
+) -> None:
+    """An HNSW library over three server lives: a WebSocket client that saw events up to X
+    resumes (``subscribe`` with ``since: X``) after a clean stop (which saves the index), more
+    writes, a kill -9 (the saved index is now stale) and a restart, and gets exactly the events
+    after X, then live ones; every live document is still its own best match."""
+    import websockets.sync.client as ws_client
+
+    data_dir = tmp_path / "data"
+    vectors: dict[str, list[float]] = {}
+
+    def add(http: httpx.Client, library_id: str, key: str) -> str:
+        vectors[key] = _vector(key)
+        response = http.post(
+            f"/v1/libraries/{library_id}/documents",
+            json={"title": key, "chunks": [{"text": key, "embedding": vectors[key]}]},
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    @contextlib.contextmanager
+    def ws(url: str, library_id: str) -> Iterator[Any]:
+        address = url.replace("http", "ws") + f"/v1/libraries/{library_id}/ws"
+        with ws_client.connect(address) as socket:
+            assert json.loads(socket.recv(timeout=10))["type"] == "system"
+            yield socket
+
+    server = Server(data_dir)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            library_id = http.post(
+                "/v1/libraries", json={"name": "resume", "dimension": DIM, "index": "hnsw"}
+            ).json()["id"]
+            docs = {}
+            with ws(server.url, library_id) as socket:
+                for i in range(10):
+                    docs[f"seen-{i}"] = add(http, library_id, f"seen-{i}")
+                events = [json.loads(socket.recv(timeout=10)) for _ in range(10)]
+            last_seen = int(events[-1]["id"])
+            for i in range(5):  # missed: made while the client was away
+                docs[f"before-stop-{i}"] = add(http, library_id, f"before-stop-{i}")
+        server.stop()  # clean: the index is saved
+        assert any((data_dir / "indexes" / library_id).iterdir())
+
+        server = Server(data_dir)
+        server.start()
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for i in range(5):
+                docs[f"after-stop-{i}"] = add(http, library_id, f"after-stop-{i}")
+            gone = docs.pop("seen-3")
+            assert http.delete(f"/v1/libraries/{library_id}/documents/{gone}").status_code == 204
+        server.kill()  # the saved index misses the last six writes
+
+        server = Server(data_dir)
+        server.start()
+        with httpx.Client(base_url=server.url, timeout=30) as http, ws(server.url, library_id) as s:
+            since = {"since": str(last_seen)}
+            s.send(json.dumps({"action": "subscribe", "request_id": "r", "data": since}))
+            assert json.loads(s.recv(timeout=10))["success"] is True
+            missed = [json.loads(s.recv(timeout=10)) for _ in range(11)]
+            assert [int(e["id"]) for e in missed] == list(range(last_seen + 1, last_seen + 12))
+            assert [e["event_type"] for e in missed] == ["document.added"] * 10 + [
+                "document.deleted"
+            ]
+            marker = add(http, library_id, "marker")
+            live = json.loads(s.recv(timeout=10))
+            assert int(live["id"]) == last_seen + 12
+            assert live["data"]["document_id"] == marker
+            docs["marker"] = marker
+            for key, doc_id in docs.items():
+                hits = http.post(
+                    f"/v1/libraries/{library_id}/search",
+                    json={"query_vector": vectors[key], "k": 3},
+                ).json()["results"]
+                assert hits[0]["document_id"] == doc_id, key
+                assert gone not in {h["document_id"] for h in hits}
+    finally:
+        server.stop()
