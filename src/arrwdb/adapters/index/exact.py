@@ -150,6 +150,12 @@ def _exact_l2(q: Matrix, vectors: Matrix, rows: _Rows, budget_bytes: int) -> Sco
     return out
 
 
+def _adoptable(array: npt.NDArray[np.generic], dtype: type[np.generic]) -> bool:
+    """An array an index may keep as its own storage: its own memory, writeable, C-ordered."""
+    flags = array.flags
+    return bool(array.dtype == dtype and flags.c_contiguous and flags.writeable and flags.owndata)
+
+
 def _strictly_increasing(labels: Labels) -> bool:
     """Sorted and unique, as the port promises ``allowed`` is (checked in O(n), not trusted)."""
     return bool(np.all(labels[1:] > labels[:-1]))
@@ -295,11 +301,16 @@ class ExactIndex:
         (already normalised: not prepared again, so they come back bit for bit)."""
         if stored.shape != (len(labels), dimension) or len(set(labels.tolist())) != len(labels):
             raise ValueError("labels and vectors do not match, or a label repeats")
-        index = cls(dimension, metric, initial_capacity=max(_INITIAL_CAPACITY, len(labels)))
         n = len(labels)
-        index._data[:n] = stored
-        index._sq_norms[:n] = np.einsum("ij,ij->i", stored, stored)
-        index._row_labels[:n] = labels
+        index = cls(dimension, metric, initial_capacity=1)
+        # take over arrays that are ours to change (as np.load returns them): no copy of
+        # what may be hundreds of MiB; anything else is copied
+        if _adoptable(stored, np.float32) and _adoptable(labels, np.int64):
+            index._data, index._row_labels = stored, labels
+        else:
+            index._data = np.array(stored, dtype=np.float32, order="C")
+            index._row_labels = np.array(labels, dtype=np.int64)
+        index._sq_norms = np.einsum("ij,ij->i", index._data, index._data)
         index._rows = dict(zip(labels.tolist(), range(n), strict=True))
         index._n = n
         index._min_capacity = _INITIAL_CAPACITY
