@@ -1,8 +1,8 @@
 """Saved indexes on disk: the ``IndexStore`` of a durable data directory.
 
 Opening a store would otherwise rebuild every HNSW graph from the stored vectors, which costs
-as much as the first ingest (~0.6 ms per 384-d chunk on 2 cores: a minute per 100k chunks).
-Reading a saved graph back takes a fraction of a second. Exact (``flat``) indexes are not
+as much as the first ingest (~20 s per 100k 384-d chunks on 2 cores). Reading a saved graph
+back takes under a second. Exact (``flat``) indexes are not
 saved: building one is a copy of the vectors, as fast as reading it.
 
 Layout, under ``<data dir>/indexes/``::
