@@ -21,7 +21,7 @@ import pytest
 import arrwdb
 from arrwdb.adapters.index.exact import ExactIndex
 from arrwdb.adapters.index.hnsw import HnswIndex
-from arrwdb.domain import service as service_module
+from arrwdb.domain import _search as search_module
 from arrwdb.domain import validation as v
 from arrwdb.domain._documents import new_ids
 from arrwdb.domain._rwlock import RWLock
@@ -85,8 +85,8 @@ def test_search_many_equals_one_search_after_the_other(
     service: VectorDBService, index: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # small blocks, so that one call makes several blocks and several lock holds
-    monkeypatch.setattr(service_module, "SEARCH_BLOCK", 4)
-    monkeypatch.setattr(service_module, "PIPELINE_BLOCKS", 3)
+    monkeypatch.setattr(search_module, "SEARCH_BLOCK", 4)
+    monkeypatch.setattr(search_module, "PIPELINE_BLOCKS", 3)
     lib_id = _library(service, index)
     rng = np.random.default_rng(5)
     shared_filter = {"group": {"$in": [0, 2]}}
@@ -331,8 +331,8 @@ def test_rwlock_readers_share_and_a_waiting_writer_goes_first() -> None:
 def test_search_vectors_equals_search_many_of_its_rows(
     service: VectorDBService, index: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service_module, "SEARCH_BLOCK", 3)
-    monkeypatch.setattr(service_module, "PIPELINE_BLOCKS", 2)
+    monkeypatch.setattr(search_module, "SEARCH_BLOCK", 3)
+    monkeypatch.setattr(search_module, "PIPELINE_BLOCKS", 2)
     lib_id = _library(service, index)
     matrix = np.random.default_rng(9).standard_normal((17, DIM)).astype(np.float32)
     for options in ({}, {"k": 4, "ef": 3}, {"filter": {"group": 1}, "include_embedding": True}):

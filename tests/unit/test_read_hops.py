@@ -174,7 +174,7 @@ def test_clean_batch_uses_search_many(index, monkeypatch):
 def test_cancelled_leader_hands_its_batch_on(monkeypatch):
     import time as _time
 
-    from arrwdb.transports import dispatch as dmod
+    from arrwdb.transports import _read_hops as dmod
 
     db, lib, rng = _db()
     service = db.service
@@ -194,7 +194,7 @@ def test_cancelled_leader_hands_its_batch_on(monkeypatch):
     q = SearchIn(query_vector=rng.standard_normal(8).tolist(), k=3)
     scopes = {}
     outcomes = {}
-    orig_release = dmod._ReadHops._release
+    orig_release = dmod.ReadHops._release
 
     def release(self):
         queue = list(self._queue)
@@ -202,7 +202,7 @@ def test_cancelled_leader_hands_its_batch_on(monkeypatch):
         if queue and queue[0].request is scopes["B"][1]:
             scopes["B"][0].cancel()  # B was just made the leader: cancel it before its hop
 
-    monkeypatch.setattr(dmod._ReadHops, "_release", release)
+    monkeypatch.setattr(dmod.ReadHops, "_release", release)
 
     async def run(name, req):
         scope = anyio.CancelScope()

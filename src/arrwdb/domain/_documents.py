@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from arrwdb.domain.models import (
     Document,
     Library,
     Matrix,
+    NewChunk,
     NewDocument,
     SearchQuery,
     Vector,
@@ -230,3 +232,58 @@ def _length(value: object) -> int | None:
         return len(value)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+# -- what callers hand in, as plain mappings or as models ------------------------------------
+
+_DOCUMENT_FIELDS = frozenset({"title", "text", "chunks", "metadata", "id"})
+_CHUNK_FIELDS = frozenset({"text", "embedding", "metadata"})
+
+
+def as_new_document(doc: NewDocument | Mapping[str, Any]) -> NewDocument:
+    if isinstance(doc, NewDocument):
+        chunks = doc.chunks
+        if chunks is None or all(type(c) is NewChunk for c in chunks):
+            return doc
+        if not isinstance(chunks, list | tuple):
+            raise InvalidArgumentError("chunks must be a list", field="chunks")
+        return replace(doc, chunks=[as_new_chunk(c) for c in chunks])
+    if type(doc) is not dict and not isinstance(doc, Mapping):
+        raise InvalidArgumentError("a document must be an object", field="documents")
+    if not doc.keys() <= _DOCUMENT_FIELDS:
+        unknown = set(doc) - _DOCUMENT_FIELDS
+        raise InvalidArgumentError(
+            f"unknown document field(s) {', '.join(sorted(map(str, unknown)))}", field="documents"
+        )
+    chunks = doc.get("chunks")
+    if chunks is not None and not isinstance(chunks, list | tuple):
+        raise InvalidArgumentError("chunks must be a list", field="chunks")
+    return NewDocument(
+        title=doc.get("title", ""),
+        text=doc.get("text"),
+        chunks=None if chunks is None else [as_new_chunk(c) for c in chunks],
+        metadata=doc.get("metadata") or {},
+        id=doc.get("id"),
+    )
+
+
+def as_new_chunk(chunk: NewChunk | Mapping[str, Any]) -> NewChunk:
+    if type(chunk) is dict:  # the bulk-load case, checked with the fewest calls
+        if chunk.keys() <= _CHUNK_FIELDS:
+            return NewChunk(
+                chunk.get("text", ""), chunk.get("embedding"), chunk.get("metadata") or {}
+            )
+    elif isinstance(chunk, NewChunk):
+        return chunk
+    elif not isinstance(chunk, Mapping):
+        raise InvalidArgumentError("a chunk must be an object", field="chunks")
+    unknown = set(chunk) - _CHUNK_FIELDS
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown chunk field(s) {', '.join(sorted(map(str, unknown)))}", field="chunks"
+        )
+    return NewChunk(
+        text=chunk.get("text", ""),
+        embedding=chunk.get("embedding"),
+        metadata=chunk.get("metadata") or {},
+    )

@@ -9,7 +9,7 @@ lock may be held by another writer, so none of it may stall the event loop.
 Writes pass the :class:`WriteGate`: at shutdown it refuses new writes and lets the server wait
 for the ones in flight.
 
-Reads share their worker-thread hops (:class:`_ReadHops`): a read that arrives while
+Reads share their worker-thread hops (:class:`ReadHops`): a read that arrives while
 ``read_lanes`` hops are already running waits for the next hop and goes with every read
 queued meanwhile. Each read still runs on its own (its result or its exception is its own),
 but pipelined WebSocket requests and concurrent REST calls no longer pay a thread hop each,
@@ -18,8 +18,6 @@ nor have dozens of threads fight over the GIL with the event loop.
 
 from __future__ import annotations
 
-import contextlib
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,133 +25,34 @@ from typing import Any
 import anyio
 
 from arrwdb.domain.models import (
-    Chunk,
     Document,
     Library,
-    NewChunk,
-    NewDocument,
-    SearchQuery,
-    SearchResult,
-    format_timestamp,
 )
 from arrwdb.domain.service import VectorDBService
+from arrwdb.transports._read_hops import Read, ReadHops
+from arrwdb.transports.convert import (
+    document_out,
+    library_out,
+    new_chunks,
+    new_document,
+    search_out,
+    search_query,
+)
 from arrwdb.transports.errors import ShuttingDown
 from arrwdb.transports.messages import (
-    ChunkIn,
-    ChunkOut,
     DocumentDeleted,
     DocumentGet,
     DocumentId,
-    DocumentIn,
     DocumentList,
     DocumentOut,
     DocumentPage,
     DocumentsIn,
     DocumentUpdate,
-    IndexParams,
     LibraryCreate,
     LibraryList,
-    LibraryOut,
     LibraryUpdate,
-    SearchHitOut,
     SearchIn,
-    SearchOut,
 )
-
-# -- domain -> wire -------------------------------------------------------------------------
-
-
-def library_out(lib: Library) -> LibraryOut:
-    p = lib.index_params
-    return LibraryOut(
-        id=lib.id,
-        name=lib.name,
-        description=lib.description,
-        metadata=dict(lib.metadata),
-        dimension=lib.dimension,
-        metric=lib.metric,
-        index=lib.index,
-        index_params=IndexParams(m=p.m, ef_construction=p.ef_construction, ef_search=p.ef_search),
-        embedder=lib.embedder,
-        document_count=lib.document_count,
-        chunk_count=lib.chunk_count,
-        created_at=format_timestamp(lib.created_at),
-        updated_at=format_timestamp(lib.updated_at),
-    )
-
-
-def _chunk_out(chunk: Chunk) -> ChunkOut:
-    return ChunkOut(
-        id=chunk.id,
-        document_id=chunk.document_id,
-        position=chunk.position,
-        text=chunk.text,
-        metadata=dict(chunk.metadata),
-        embedding=None if chunk.embedding is None else chunk.embedding.tolist(),
-    )
-
-
-def document_out(doc: Document, *, with_chunks: bool = False) -> DocumentOut:
-    return DocumentOut(
-        id=doc.id,
-        library_id=doc.library_id,
-        title=doc.title,
-        metadata=dict(doc.metadata),
-        num_chunks=doc.num_chunks,
-        created_at=format_timestamp(doc.created_at),
-        updated_at=format_timestamp(doc.updated_at),
-        chunks=[_chunk_out(c) for c in doc.chunks] if with_chunks else None,
-    )
-
-
-def search_out(result: SearchResult) -> SearchOut:
-    return SearchOut(
-        results=[
-            SearchHitOut(
-                chunk_id=h.chunk_id,
-                document_id=h.document_id,
-                document_title=h.document_title,
-                text=h.text,
-                score=float(h.score),
-                metadata=dict(h.metadata),
-                position=h.position,
-                embedding=None if h.embedding is None else h.embedding.tolist(),
-            )
-            for h in result.results
-        ],
-        took_ms=result.took_ms,
-    )
-
-
-# -- wire -> domain -------------------------------------------------------------------------
-
-
-def _new_chunks(chunks: list[ChunkIn] | None) -> list[NewChunk] | None:
-    if chunks is None:
-        return None
-    return [NewChunk(text=c.text, embedding=c.embedding, metadata=c.metadata) for c in chunks]
-
-
-def new_document(doc: DocumentIn) -> NewDocument:
-    return NewDocument(
-        title=doc.title,
-        text=doc.text,
-        chunks=_new_chunks(doc.chunks),
-        metadata=doc.metadata,
-        id=doc.id,
-    )
-
-
-def search_query(q: SearchIn) -> SearchQuery:
-    return SearchQuery(
-        text=q.query_text,
-        vector=q.query_vector,
-        k=q.k,
-        filter=q.filter,
-        ef=q.ef,
-        include_embedding=q.include_embedding,
-    )
-
 
 # -- the actions ----------------------------------------------------------------------------
 
@@ -199,7 +98,7 @@ def _update_document(s: VectorDBService, lib: str | None, r: DocumentUpdate) -> 
         title=p.title,
         metadata=p.metadata,
         text=p.text,
-        chunks=_new_chunks(p.chunks),
+        chunks=new_chunks(p.chunks),
     )
 
 
@@ -319,163 +218,6 @@ class WriteGate:
             await self._idle.wait()
 
 
-_NOT_RUN = RuntimeError("the read was not run")  # a marker, never raised
-
-
-class _Read:
-    """One read waiting for (or riding in) a worker-thread hop."""
-
-    __slots__ = (
-        "action",
-        "done",
-        "error",
-        "lead",
-        "library_id",
-        "request",
-        "result",
-        "service",
-        "then",
-    )
-
-    def __init__(
-        self,
-        action: Action,
-        service: VectorDBService,
-        library_id: str | None,
-        request: Any,
-        then: Callable[[Any], Any] | None,
-    ) -> None:
-        self.action = action
-        self.service = service
-        self.library_id = library_id
-        self.request = request
-        self.then = then
-        self.done = anyio.Event()
-        self.lead = False  # woken to run the next hop (rather than with a result)
-        self.result: Any = None
-        self.error: BaseException | None = _NOT_RUN
-
-    def run(self) -> None:  # in the worker thread
-        try:
-            self.finish(self.action.perform(self.service, self.library_id, self.request))
-        except Exception as exc:  # raised to its own caller only
-            self.error = exc
-
-    def finish(self, result: Any) -> None:  # in the worker thread
-        self.result = result if self.then is None else self.then(result)
-        self.error = None
-
-    def outcome(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def _run_reads(batch: list[_Read]) -> None:
-    """Run a hop's reads (all of one library). Its searches of an HNSW library go through
-    ``search_many`` together (one batched index call; ``took_ms`` is then each one's share of
-    it): the same hits; and if any of them is refused, each one runs on its own, to get its
-    own error."""
-    searches: list[_Read] = []
-    for read in batch:
-        if read.action.name == "search":
-            searches.append(read)
-        else:
-            read.run()
-    if len(searches) > 1 and _batchable(searches[0]):
-        first = searches[0]
-        try:
-            assert isinstance(first.library_id, str)
-            results = first.service.search_many(
-                first.library_id, [search_query(read.request) for read in searches]
-            )
-        except Exception:  # someone's error: each one gets its own, as on its own
-            pass
-        else:
-            for read, result in zip(searches, results, strict=True):
-                try:
-                    read.finish(search_out(result))
-                except Exception as exc:
-                    read.error = exc
-            return
-    for read in searches:
-        read.run()
-
-
-def _batchable(read: _Read) -> bool:
-    """Whether searches of this library may be batched: HNSW only, where a batched search
-    gives exactly the scores of single ones (the exact index may differ in the last bit)."""
-    try:
-        return isinstance(read.library_id, str) and (
-            read.service.get_library(read.library_id).index == "hnsw"
-        )
-    except Exception:  # e.g. not found: each search reports it
-        return False
-
-
-class _ReadHops:
-    """Read actions in worker threads, at most ``lanes`` hops at a time; reads that arrive
-    while every lane is busy queue up and go together (up to ``max_batch``) in the next hop.
-
-    No task of its own: the caller that finds a free lane runs the hop (its own read first,
-    then the queued ones) and, when it ends, hands the lane to the oldest queued read, whose
-    caller runs the next hop. Used from the event loop only."""
-
-    def __init__(self, lanes: int, max_batch: int) -> None:
-        self._lanes = max(1, lanes)
-        self._max_batch = max(1, max_batch)
-        self._busy = 0
-        self._queue: deque[_Read] = deque()
-
-    async def run(self, read: _Read) -> Any:
-        if self._busy < self._lanes:
-            self._busy += 1
-            return await self._hop(read)
-        self._queue.append(read)
-        try:
-            await read.done.wait()
-        except BaseException:  # cancelled: leave the queue, or pass the lane on
-            if read.lead:
-                self._release()
-            elif not read.done.is_set():
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(read)
-            raise
-        if read.lead:
-            return await self._hop(read)
-        return read.outcome()
-
-    async def _hop(self, first: _Read) -> Any:
-        batch = [first]
-        while self._queue and len(batch) < self._max_batch:
-            batch.append(self._queue.popleft())
-        try:
-            # cancellable until the thread starts (then shielded until it is done)
-            await anyio.to_thread.run_sync(_run_reads, batch)
-        finally:
-            # the reads of others that did not run (this caller was cancelled before the
-            # thread started) go back to the head of the queue, for the next hop
-            unrun = [read for read in batch[1:] if read.error is _NOT_RUN]
-            self._queue.extendleft(reversed(unrun))
-            for read in batch[1:]:
-                if read.error is not _NOT_RUN:
-                    read.done.set()
-            self._release()
-        return first.outcome()
-
-    @property
-    def idle(self) -> bool:
-        return not self._busy and not self._queue
-
-    def _release(self) -> None:
-        if self._queue:
-            nxt = self._queue.popleft()
-            nxt.lead = True
-            nxt.done.set()
-        else:
-            self._busy -= 1
-
-
 class Dispatcher:
     """Runs actions of :data:`ACTIONS` against the service, off the event loop."""
 
@@ -492,7 +234,7 @@ class Dispatcher:
         self._read_lanes = read_lanes
         self._read_batch = read_batch
         #: library id (None: library-less reads) -> its hops, while it has reads in flight
-        self._reads: dict[str | None, _ReadHops] = {}
+        self._reads: dict[str | None, ReadHops] = {}
 
     async def execute(
         self,
@@ -508,7 +250,7 @@ class Dispatcher:
         action = ACTIONS[name]
         service = self._service()
         if not action.write:
-            return await self._read(_Read(action, service, library_id, request, then))
+            return await self._read(Read(action, service, library_id, request, then))
         self.gate.enter()
         try:
             if then is None:
@@ -519,13 +261,13 @@ class Dispatcher:
         finally:
             self.gate.exit()
 
-    async def _read(self, read: _Read) -> Any:
+    async def _read(self, read: Read) -> Any:
         # each library has its own hops: a read waiting for a library's lock (a big commit)
         # never holds up the reads of another library, nor the readiness check
         key = read.library_id
         hops = self._reads.get(key)
         if hops is None:
-            hops = self._reads[key] = _ReadHops(self._read_lanes, self._read_batch)
+            hops = self._reads[key] = ReadHops(self._read_lanes, self._read_batch)
         try:
             return await hops.run(read)
         finally:
