@@ -5,8 +5,11 @@ What it promises, beyond the ``VectorIndex`` port:
 * Scores use the port's larger-is-better scale: ``cosine`` similarity (hnswlib's ``1 - d``),
   inner product (``1 - d``) and ``-sqrt(d)`` for ``l2`` (hnswlib reports squared distances).
 * The graph grows as vectors arrive (capacity doubles before an ``add`` that would overflow).
-  ``remove`` marks labels deleted: they stay in the graph as waypoints but are never returned.
-  A removed label may be added again (its slot is reused); re-adding a live label replaces it.
+  ``remove`` marks labels deleted: they stay in the graph as waypoints but are never returned,
+  until a label the graph has never held is added: it takes over a deleted slot (hnswlib's
+  ``replace_deleted``), so churn (documents replaced again and again) does not grow the graph
+  past its peak live size. A removed label may be added again (its old slot is reused while
+  it still has one); re-adding a live label replaces its vector.
 * Beside the graph it keeps the live vectors in an :class:`ExactIndex` (unit-normalised for
   ``cosine``; ``get_vectors`` returns them so). That costs a second copy of the vectors, but
   hnswlib's own ``get_items`` goes through Python lists of floats (~10 us per 128-d vector),
@@ -84,12 +87,16 @@ class HnswIndex:
             M=params.m,
             ef_construction=params.ef_construction,
             random_seed=seed,
+            allow_replace_deleted=True,
         )
         # Searches ask for max(ef, k) results instead (see _graph_search): no shared state.
         self._graph.set_ef(1)
         # The live vectors, for exact scans and get_vectors (hnswlib's get_items builds Python
         # lists of floats: ~10 us per 128-d vector). It also is the record of live labels.
         self._vectors = ExactIndex(dimension, metric, initial_capacity=initial_capacity)
+        # labels removed from the graph (marked deleted) that may still hold a slot in it: a
+        # label in neither this nor the live set is new to the graph and may take a free slot
+        self._removed: set[int] = set()
 
     @classmethod
     def load(
@@ -109,12 +116,13 @@ class HnswIndex:
             raise ValueError(f"{directory}: labels or vectors of the wrong type")
         index = cls(dimension, metric, params, initial_capacity=1, add_threads=add_threads)
         graph = hnswlib.Index(space=_SPACES[metric], dim=dimension)
-        graph.load_index(str(directory / GRAPH_FILE))
+        graph.load_index(str(directory / GRAPH_FILE), 0, True)
         in_graph = np.asarray(graph.get_ids_list(), dtype=np.int64)
         if graph.dim != dimension or params.m != graph.M or not np.isin(labels, in_graph).all():
             raise ValueError(f"{directory}: the graph does not match the index it was saved for")
         graph.set_ef(1)
         index._graph = graph
+        index._removed = set(in_graph.tolist()) - set(labels.tolist())
         stored = np.ascontiguousarray(vectors)
         index._vectors = ExactIndex.restore(dimension, metric, labels, stored)
         return index
@@ -157,12 +165,35 @@ class HnswIndex:
         if len(labels) == 0:
             return
         vectors = np.atleast_2d(vectors)
-        # An upper bound: re-added labels reuse their slot, but counting them is harmless.
+        labels = np.asarray(labels)
+        # An upper bound: labels that reuse a slot need none, but counting them is harmless.
         needed = self._graph.element_count + len(labels)
         capacity = self._graph.max_elements
         if needed > capacity:
             self._graph.resize_index(max(needed, 2 * capacity))
-        self._graph.add_items(vectors, np.asarray(labels), num_threads=self._add_threads)
+        keys = labels.tolist()
+        removed = self._removed
+        known = [i for i, label in enumerate(keys) if label in self._vectors or label in removed]
+        if not known:  # the usual case: new labels, which take deleted slots first
+            self._graph.add_items(vectors, labels, self._add_threads, True)
+        else:
+            # replace_deleted must not be given a label the graph still holds, and hnswlib
+            # updates a deleted label only once it is unmarked
+            fresh = np.ones(len(keys), dtype=np.bool_)
+            for i in known:
+                label = keys[i]
+                if label in removed:
+                    removed.discard(label)
+                    try:
+                        self._graph.unmark_deleted(label)
+                    except RuntimeError:  # its slot went to another label: new again
+                        continue
+                fresh[i] = False
+            held = ~fresh
+            if held.any():
+                self._graph.add_items(vectors[held], labels[held], self._add_threads, False)
+            if fresh.any():
+                self._graph.add_items(vectors[fresh], labels[fresh], self._add_threads, True)
         self._vectors.add(labels, vectors)
 
     def remove(self, labels: Labels) -> None:
@@ -170,6 +201,15 @@ class HnswIndex:
         for label in live:
             self._graph.mark_deleted(label)
         self._vectors.remove(np.asarray(live, dtype=np.int64))
+        self._removed.update(live)
+        if len(self._removed) > max(1024, 2 * self._graph.element_count):
+            self._forget_replaced()
+
+    def _forget_replaced(self) -> None:
+        """Keep in ``_removed`` only the labels the graph still holds (the others lost their
+        slot to a new label), so that it stays no larger than the graph."""
+        in_graph = set(self._graph.get_ids_list())
+        self._removed.intersection_update(in_graph)
 
     def search(
         self,
