@@ -34,10 +34,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from array import array
 from collections.abc import Sequence
@@ -53,10 +50,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import base_parser, log, markdown_table, warn_if_busy, write_json
+from _server import ServerProcess, cpu_seconds, rss_kib
 
 TARGET_DELIVERIES = 20_000  # deliveries/s to WebSocket subscribers
 TARGET_P99_MS = 200.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Any:
@@ -79,61 +76,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
     p.add_argument("--connect-timeout", type=float, default=90.0, help="seconds to connect all")
     p.add_argument("--server-log", default="warning", help="the server's --log-level")
     return p.parse_args(argv)
-
-
-# -- the server ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(port: int, log_level: str, log_file: Any) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "arrwdb.cli",
-        "serve",
-        "--storage",
-        "memory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        log_level,
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARRWDB_")}
-    return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/v1/health/ready", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError("the server did not become ready")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (its own threads)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 # -- the clients (each in its own process) ---------------------------------------------------
@@ -677,7 +619,7 @@ async def run_steps(
     args: Any,
     base: str,
     library_id: str,
-    server: subprocess.Popen[bytes],
+    server: ServerProcess,
     clients: Clients,
     n_ws: int,
     n_sse: int,
@@ -786,16 +728,13 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     load_before = warn_if_busy()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log_path = Path(tempfile.gettempdir()) / f"fanout-server-{port}.log"
-    log_file = open(log_path, "wb")  # noqa: SIM115 (the server writes it until it stops)
-    server = start_server(port, args.server_log, log_file)
+    server = ServerProcess(log_level=args.server_log, keep_log=True)
+    base = server.url
     clients: Clients | None = None
     started = time.monotonic()
     try:
-        wait_ready(base, server)
-        log(f"server pid {server.pid} on {base} (log: {log_path})")
+        server.wait_ready()
+        log(f"server pid {server.pid} on {base} (log: {server.log_path})")
         resp = httpx.post(base + "/v1/libraries", json={"name": "fanout", "index": "flat"})
         resp.raise_for_status()
         library_id = resp.json()["id"]
@@ -812,13 +751,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         results = asyncio.run(run_steps(args, base, library_id, server, clients, n_ws, n_sse))
     finally:
         client_errors = clients.stop() if clients else []
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log_file.close()
+        server.stop()
     held = [r for r in results if r["held"]]
     best = max(held, key=lambda r: r["rate"]) if held else None
     met = (

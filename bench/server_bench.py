@@ -29,14 +29,11 @@ import asyncio
 import contextlib
 import gc
 import multiprocessing as mp
-import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -59,13 +56,13 @@ from _common import (
     markdown_table,
     run_and_report,
 )
+from _server import ServerProcess, cpu_seconds
 
 TARGETS = {
     "rest_p50_ms": 2.0,
     "rest_p99_ms": 10.0,
     "ws_one_rps": 2000.0,
 }
-HOST = "127.0.0.1"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Any:
@@ -95,104 +92,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
     )
     p.add_argument("--server-log", type=Path, default=None, help="keep the server's log here")
     return p.parse_args(argv)
-
-
-# -- the server process ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class ServerProcess:
-    """``arrwdb serve --storage memory`` in a child process, on a free loopback port."""
-
-    def __init__(self, ndjson_batch: int, log_path: Path | None) -> None:
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.ws_url = f"ws://{HOST}:{self.port}"
-        self._own_log = log_path is None
-        self.log_path = log_path or Path(
-            tempfile.mkstemp(prefix="arrwdb-server-", suffix=".log")[1]
-        )
-        env = dict(os.environ)
-        env["ARRWDB_NDJSON_BATCH"] = str(ndjson_batch)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "arrwdb.cli",
-                "serve",
-                "--storage",
-                "memory",
-                "--host",
-                HOST,
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def wait_ready(self, timeout: float = 60.0) -> float:
-        """Seconds until ``/v1/health/ready`` answered 200."""
-        start = time.perf_counter()
-        deadline = start + timeout
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
-            while True:
-                if self.proc.poll() is not None:
-                    code = self.proc.returncode
-                    raise RuntimeError(f"the server exited ({code}):\n{self.tail()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/v1/health/ready").status_code == 200:
-                        return time.perf_counter() - start
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"the server did not become ready:\n{self.tail()}")
-                time.sleep(0.05)
-
-    def tail(self, lines: int = 30) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def rss_mib(self) -> float | None:
-        try:
-            with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # graceful: the server drains
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
-        if self._own_log:
-            self.log_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 class PySpy:
@@ -440,16 +339,6 @@ async def _ws_runs(
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
 async def _ws_run(
     url: str, payloads: list[bytes], k: int, connections: int, per_conn: int, server_pid: int
 ) -> dict[str, Any]:
@@ -605,7 +494,9 @@ def run(args: Any) -> dict[str, Any]:
     }
     result: dict[str, Any] = {"params": params | {"ndjson_body_bytes": len(body)}}
     db = arrwdb.open()
-    server = ServerProcess(args.ndjson_batch, args.server_log)
+    server = ServerProcess(
+        env={"ARRWDB_NDJSON_BATCH": str(args.ndjson_batch)}, log_path=args.server_log
+    )
     try:
         ready_s = server.wait_ready()
         log(f"server pid {server.pid} ready on port {server.port} in {ready_s:.1f} s")
