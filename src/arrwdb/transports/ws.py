@@ -97,7 +97,6 @@ class _Connection:
         self._send_timeout = settings.ws_send_timeout
         # one bounded FIFO to the writer (events and responses), read without a checkpoint
         self._out: Outbox[str] = Outbox(settings.ws_send_queue)
-        self._out_reader = self._out
         self._slots = anyio.Semaphore(settings.ws_max_inflight)
         self._sub: Subscription | None = None
         self._pump_scope: anyio.CancelScope | None = None
@@ -318,8 +317,8 @@ class _Connection:
 
     async def _write_loop(self) -> None:
         try:
-            async with self._out_reader:
-                async for frame in self._out_reader:
+            async with self._out:
+                async for frame in self._out:
                     await self._socket.send_data(frame)
         except anyio.get_cancelled_exc_class():
             raise
