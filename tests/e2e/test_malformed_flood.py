@@ -24,8 +24,8 @@ PER_SOCKET = 1250
 CODES = {
     "bad_request",
     "unknown_action",
-    "validation_error",
     "invalid_argument",
+    "invalid_vector",
     "invalid_filter",
     "not_found",
 }

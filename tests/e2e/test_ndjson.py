@@ -58,7 +58,7 @@ async def test_ingest_slow_body_with_bad_lines_in_the_middle(server: BackgroundS
         assert [a["success"] for a in answers] == [True, False, True, False, False, True]
         assert answers[1]["code"] == "bad_request"
         assert answers[3]["code"] == "invalid_argument"
-        assert answers[4]["code"] == "validation_error"
+        assert answers[4]["code"] == "invalid_argument"
         for answer in answers:
             if answer["success"]:
                 assert answer["document_id"]
@@ -219,10 +219,11 @@ def test_batch_search_stream(server: BackgroundServer) -> None:
         assert answers[1]["results"][0]["document_title"] == "dogs"
         assert isinstance(answers[1]["took_ms"], float)
         assert [a.get("code") for a in answers[2:5]] == [
-            "validation_error",
+            "invalid_argument",
             "bad_request",
             "invalid_filter",
         ]
+        assert answers[2]["field"] == "k"
         assert answers[5]["results"][0]["document_title"] == "cats"
 
 

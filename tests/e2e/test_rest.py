@@ -119,11 +119,11 @@ def test_library_errors(http: httpx.Client) -> None:
         "already_exists",
     )
     bad_metric = assert_problem(
-        http.post("/v1/libraries", json={"name": "m", "metric": "hamming"}), 422, "validation_error"
+        http.post("/v1/libraries", json={"name": "m", "metric": "hamming"}), 422, "invalid_argument"
     )
     assert bad_metric["field"] == "metric"
     assert_problem(http.post("/v1/libraries", json={"name": "  "}), 422, "invalid_argument")
-    missing = assert_problem(http.post("/v1/libraries", json={}), 422, "validation_error")
+    missing = assert_problem(http.post("/v1/libraries", json={}), 422, "invalid_argument")
     assert missing["field"] == "name"
     assert_problem(http.post("/v1/libraries", content=b"{not json"), 400, "bad_request")
     assert_problem(http.post("/v1/libraries", content=b""), 400, "bad_request")

@@ -215,17 +215,17 @@ async def test_bad_messages_get_error_responses_and_the_socket_stays_open(
         ('{"hello": "world"}', None, "bad_request"),
         ('{"type": "response", "action": "search", "request_id": "t2"}', "t2", "bad_request"),
         (request("explode", "t3", {}), "t3", "unknown_action"),
-        (request("search", "t4", {"query_text": "x", "k": 0}), "t4", "validation_error"),
-        (request("search", "t5", {"query_text": "x", "k": "ten"}), "t5", "validation_error"),
-        (request("search", "t6", None), "t6", "validation_error"),
+        (request("search", "t4", {"query_text": "x", "k": 0}), "t4", "invalid_argument"),
+        (request("search", "t5", {"query_text": "x", "k": "ten"}), "t5", "invalid_argument"),
+        (request("search", "t6", None), "t6", "invalid_argument"),
         (request("search", 7, {"query_text": "x", "query_vector": [1.0]}), 7, "invalid_argument"),
         (request("add", "t8", {"title": "no content"}), "t8", "invalid_argument"),
-        (request("delete", "t9", {}), "t9", "validation_error"),
+        (request("delete", "t9", {}), "t9", "invalid_argument"),
         (b"\x00\xff\xfe binary", None, "bad_request"),
         (
             b'{"type": "request", "action": "get", "request_id": "t10", "data": {}}',
             "t10",
-            "validation_error",
+            "invalid_argument",
         ),
     ]
     async with websockets.connect(ws_url(server, lib)) as ws:

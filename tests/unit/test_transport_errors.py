@@ -72,7 +72,29 @@ def test_malformed_json_is_400_and_a_broken_rule_is_422() -> None:
     with pytest.raises(msgspec.ValidationError) as invalid:
         decode(SearchIn, b'{"k": 0}')
     fault = classify(invalid.value)
-    assert (fault.status, fault.code, fault.field) == (422, "validation_error", "k")
+    assert (fault.status, fault.code, fault.field) == (422, "invalid_argument", "k")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "field"),
+    [
+        (b'{"k": "ten"}', "invalid_argument", "k"),
+        (b'{"k": 1001}', "invalid_argument", "k"),
+        (b'{"ef": 2.5}', "invalid_argument", "ef"),
+        (b'{"include_embedding": "yes"}', "invalid_argument", "include_embedding"),
+        (b'{"query_vector": "abc"}', "invalid_vector", "query_vector"),
+        (b'{"query_vector": [1, "a"]}', "invalid_vector", "query_vector[1]"),
+        (b'{"filter": 5}', "invalid_filter", "filter"),
+    ],
+)
+def test_a_value_the_wire_refuses_gets_the_domains_code(raw: bytes, code: str, field: str) -> None:
+    """The code the domain gives the same mistake in process (``check_k("ten")`` is an
+    ``invalid_argument``, a vector of strings an ``invalid_vector``, ...)."""
+    with pytest.raises(msgspec.ValidationError) as invalid:
+        decode(SearchIn, raw)
+    fault = classify(invalid.value)
+    assert (fault.status, fault.code, fault.field) == (422, code, field)
+    assert fault.message == str(invalid.value)
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("secret: db password"), InternalError("secret")])

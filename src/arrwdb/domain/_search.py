@@ -18,6 +18,7 @@ from arrwdb.domain._documents import DocumentBuilder
 from arrwdb.domain._library_state import LibraryState
 from arrwdb.domain.errors import InvalidArgumentError
 from arrwdb.domain.filters import MATCH_ALL, Predicate, compile_filter
+from arrwdb.domain.limits import EF, K
 from arrwdb.domain.models import (
     Document,
     Library,
@@ -175,10 +176,10 @@ class Searcher:
         started = time.perf_counter()
         # the checks of validation.check_k / check_ef, inlined for the usual values
         k = query.k
-        if type(k) is not int or not 1 <= k <= v.MAX_K:
+        if type(k) is not int or not K.low <= k <= K.high:
             k = v.check_k(k)
         ef = query.ef
-        if ef is not None and (type(ef) is not int or not 1 <= ef <= v.MAX_EF):
+        if ef is not None and (type(ef) is not int or not EF.low <= ef <= EF.high):
             ef = v.check_ef(ef)
         predicate = None if query.filter is None else compile_filter(query.filter)
         library = state.library

@@ -1,7 +1,7 @@
 """Input rules of the domain, checked once at the service boundary.
 
 Every function raises a ``ValidationError`` subclass naming the offending field, so that all
-transports report the same message and code.
+transports report the same message and code. The bounds are those of ``arrwdb.domain.limits``.
 """
 
 from __future__ import annotations
@@ -17,38 +17,53 @@ from arrwdb.domain.errors import (
     InvalidArgumentError,
     InvalidVectorError,
 )
+from arrwdb.domain.limits import (
+    DIMENSION,
+    EF,
+    EF_CONSTRUCTION,
+    EF_SEARCH,
+    HNSW_M,
+    NAME_LENGTH,
+    PAGE_LIMIT,
+    Bound,
+    K,
+)
 from arrwdb.domain.models import INDEX_KINDS, METRICS, IndexParams, Matrix, Metric, Vector
 
-MAX_K: Final = 1000
-MAX_EF: Final = 10_000
-MAX_DIMENSION: Final = 65_536
-MAX_NAME_LENGTH: Final = 256
+_INDEX_PARAMS: Final = {"m": HNSW_M, "ef_construction": EF_CONSTRUCTION, "ef_search": EF_SEARCH}
 _SCALARS = (str, int, float, bool, type(None))
 _PLAIN_NUMBERS: Final = frozenset({float, int})
 
 
+def _bounded(value: object, bound: Bound) -> int:
+    """``value`` if it is an integer in ``bound``; else an error naming ``bound.name``."""
+    if not isinstance(value, int) or value not in bound:  # (bound rejects a bool)
+        raise InvalidArgumentError(
+            f"{bound.name} must be an integer from {bound.low} to {bound.high}, not {value!r}",
+            field=bound.name,
+        )
+    return value
+
+
 def check_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise InvalidArgumentError(f"k must be an integer from 1 to {MAX_K}, not {k!r}", field="k")
-    return k
+    return _bounded(k, K)
 
 
 def check_ef(ef: object) -> int | None:
-    if ef is None:
-        return None
-    if isinstance(ef, bool) or not isinstance(ef, int) or not 1 <= ef <= MAX_EF:
-        raise InvalidArgumentError(
-            f"ef must be an integer from 1 to {MAX_EF}, not {ef!r}", field="ef"
-        )
-    return ef
+    return None if ef is None else _bounded(ef, EF)
+
+
+def check_page_limit(limit: object) -> int:
+    """A page size (``list_documents``)."""
+    return _bounded(limit, PAGE_LIMIT)
 
 
 def check_name(name: object, field: str = "name") -> str:
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgumentError(f"{field} must be a non-empty string", field=field)
-    if len(name) > MAX_NAME_LENGTH:
+    if len(name) not in NAME_LENGTH:
         raise InvalidArgumentError(
-            f"{field} must be at most {MAX_NAME_LENGTH} characters", field=field
+            f"{field} must be at most {NAME_LENGTH.high} characters", field=field
         )
     return name
 
@@ -119,18 +134,7 @@ def check_index_kind(kind: object) -> str:
 
 
 def check_dimension(dimension: object) -> int | None:
-    if dimension is None:
-        return None
-    if (
-        isinstance(dimension, bool)
-        or not isinstance(dimension, int)
-        or not 1 <= dimension <= MAX_DIMENSION
-    ):
-        raise InvalidArgumentError(
-            f"dimension must be an integer from 1 to {MAX_DIMENSION}, not {dimension!r}",
-            field="dimension",
-        )
-    return dimension
+    return None if dimension is None else _bounded(dimension, DIMENSION)
 
 
 def check_index_params(params: object) -> IndexParams:
@@ -142,23 +146,15 @@ def check_index_params(params: object) -> IndexParams:
         raw = params
     else:
         raise InvalidArgumentError("index_params must be an object", field="index_params")
-    unknown = set(raw) - {"m", "ef_construction", "ef_search"}
+    unknown = set(raw) - set(_INDEX_PARAMS)
     if unknown:
         raise InvalidArgumentError(
-            f"unknown index_params {', '.join(sorted(unknown))}; known: m, ef_construction, "
-            "ef_search",
+            f"unknown index_params {', '.join(sorted(unknown))}; known: {', '.join(_INDEX_PARAMS)}",
             field="index_params",
         )
-    limits = {"m": (2, 128), "ef_construction": (1, MAX_EF), "ef_search": (1, MAX_EF)}
     values: dict[str, int] = IndexParams().as_dict()
     for key, value in raw.items():
-        lo, hi = limits[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise InvalidArgumentError(
-                f"index_params.{key} must be an integer from {lo} to {hi}",
-                field=f"index_params.{key}",
-            )
-        values[key] = value
+        values[key] = _bounded(value, _INDEX_PARAMS[key])
     return IndexParams(**values)
 
 

@@ -4,6 +4,8 @@ WebSocket requests are a tagged union on ``action``; one decoder (built once) tu
 into the right request Struct or a ``msgspec.ValidationError`` naming the field
 (``... - at `$.data.k```). A message that fails is answered by :func:`protocol_error`, which
 recovers the ``request_id`` (when there is one) so that the client can correlate the error.
+A value that fails to decode, on any transport, is reported as the domain error of the same
+mistake (:func:`domain_error`), so its code does not depend on the way in.
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from arrwdb.domain.errors import (
+    InvalidArgumentError,
+    InvalidFilterError,
+    InvalidVectorError,
+    ValidationError,
+)
 from arrwdb.transports.messages import (
     DocumentGet,
     DocumentId,
@@ -135,13 +143,15 @@ class EventEnvelope(Struct, kw_only=True):
 
 
 class IngestLine(Struct, kw_only=True):
-    """One NDJSON ingest answer: ``document_id`` on success, ``error``/``code`` otherwise."""
+    """One NDJSON ingest answer: ``document_id`` on success, ``error``/``code`` (and ``field``
+    when known) otherwise."""
 
     line: int
     success: bool
     document_id: str | UnsetType = UNSET
     error: str | UnsetType = UNSET
     code: str | UnsetType = UNSET
+    field: str | UnsetType = UNSET
 
 
 class IngestSummary(Struct, kw_only=True):
@@ -156,7 +166,8 @@ class IngestSummaryLine(Struct, kw_only=True):
 
 
 class SearchLine(Struct, kw_only=True):
-    """One NDJSON batch-search answer: a search response with its input ``line``."""
+    """One NDJSON batch-search answer: a search response with its input ``line``, or
+    ``error``/``code`` (and ``field`` when known)."""
 
     line: int
     success: bool
@@ -164,6 +175,7 @@ class SearchLine(Struct, kw_only=True):
     took_ms: float | UnsetType = UNSET
     error: str | UnsetType = UNSET
     code: str | UnsetType = UNSET
+    field: str | UnsetType = UNSET
 
 
 WIRE_TYPES: tuple[type[Struct], ...] = (
@@ -201,7 +213,16 @@ class _Loose(Struct):
 _loose_decoder = msgspec.json.Decoder(_Loose)
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]*)`")
+_INDEX = re.compile(r"\[.*$")
 _ENVELOPE_FIELDS = frozenset({"type", "action", "request_id"})
+#: The domain error of a value that fails to decode, by the last name of its field: what
+#: ``arrwdb.domain.validation`` raises for the same input in process. Anything else (a wrong
+#: type, a bound, an unknown enum value, a missing field) is an ``InvalidArgumentError``.
+_DOMAIN_ERRORS: dict[str, type[ValidationError]] = {
+    "query_vector": InvalidVectorError,
+    "embedding": InvalidVectorError,
+    "filter": InvalidFilterError,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +230,7 @@ class ProtocolFault:
     """Why a WebSocket message is not a valid request."""
 
     request_id: RequestId
-    code: str  # bad_request | unknown_action | validation_error
+    code: str  # bad_request | unknown_action | the code of domain_error()
     message: str
     field: str | None = None
 
@@ -224,6 +245,15 @@ def error_path(exc: msgspec.ValidationError) -> str | None:
         name = missing.group("name")
         path = f"{path}.{name}" if path else name
     return path or None
+
+
+def domain_error(exc: msgspec.ValidationError) -> ValidationError:
+    """The domain error of the mistake ``exc`` reports (valid JSON that the wire types refuse),
+    with msgspec's message and the field it names: ``{"k": 0}`` is an ``InvalidArgumentError``
+    (``invalid_argument``, field ``k``) as ``check_k(0)`` is."""
+    field = error_path(exc)
+    name = _INDEX.sub("", field.rpartition(".")[2]) if field else ""
+    return _DOMAIN_ERRORS.get(name, InvalidArgumentError)(str(exc), field=field)
 
 
 def protocol_error(raw: str | bytes, exc: msgspec.DecodeError) -> ProtocolFault:
@@ -247,7 +277,9 @@ def protocol_error(raw: str | bytes, exc: msgspec.DecodeError) -> ProtocolFault:
         return ProtocolFault(
             request_id, "unknown_action", f"unknown action {loose.action!r}; known: {known}"
         )
-    field = error_path(exc) if isinstance(exc, msgspec.ValidationError) else None
+    if not isinstance(exc, msgspec.ValidationError):
+        return ProtocolFault(request_id, "bad_request", f"message is not a request: {exc}")
+    field = error_path(exc)
     if field is None or field in _ENVELOPE_FIELDS:
         return ProtocolFault(request_id, "bad_request", f"message is not a request: {exc}", field)
-    return ProtocolFault(request_id, "validation_error", str(exc), field)
+    return ProtocolFault(request_id, domain_error(exc).code, str(exc), field)

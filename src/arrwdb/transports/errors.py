@@ -4,10 +4,13 @@ responses, NDJSON error lines.
 ::
 
     exception                           HTTP  code
-    domain ValidationError (+ subclasses) 422  its own (validation_error, dimension_mismatch,
-                                               invalid_vector, invalid_filter, invalid_argument)
-    msgspec.ValidationError (valid JSON,  422  validation_error   (``field`` names the input)
-        wrong type or out of range)
+    domain ValidationError (+ subclasses) 422  its own (dimension_mismatch, invalid_vector,
+                                               invalid_filter, invalid_argument)
+    msgspec.ValidationError (valid JSON,  422  the domain's for the same mistake
+        wrong type, out of range,              (``envelopes.domain_error``): invalid_argument,
+        unknown enum value, missing field)     invalid_vector for a vector, invalid_filter for
+                                               a filter; ``field`` names the input
+    a query parameter of the wrong type   422  invalid_argument   (``field`` names it)
     domain NotFoundError                  404  not_found
     domain AlreadyExistsError             409  already_exists
     msgspec.DecodeError (not JSON)        400  bad_request
@@ -39,12 +42,13 @@ from arrwdb.domain.errors import (
     AlreadyExistsError,
     ArrwdbError,
     InternalError,
+    InvalidArgumentError,
     NotFoundError,
     StorageError,
     SubscriptionClosedError,
     ValidationError,
 )
-from arrwdb.transports.envelopes import error_path
+from arrwdb.transports.envelopes import domain_error
 from arrwdb.transports.messages import Problem, encoder
 
 logger = logging.getLogger("arrwdb.transports")
@@ -113,6 +117,8 @@ _DOMAIN_STATUS: tuple[tuple[type[ArrwdbError], int], ...] = (
     (SubscriptionClosedError, 503),
 )
 
+#: Where a request's parameters are (Litestar's ``ParamType`` values): not the body.
+_PARAMETERS = frozenset({"path", "query", "header", "cookie"})
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -126,6 +132,8 @@ _HTTP_CODES = {
 def classify(exc: BaseException) -> Fault:
     """Map any exception to a :class:`Fault`. Unexpected ones are logged with a traceback and
     become an opaque ``internal_error``."""
+    if isinstance(exc, msgspec.ValidationError):  # valid JSON that a wire type refuses
+        exc = domain_error(exc)
     if isinstance(exc, ArrwdbError) and not isinstance(exc, InternalError):
         for cls, status in _DOMAIN_STATUS:
             if isinstance(exc, cls):
@@ -135,8 +143,6 @@ def classify(exc: BaseException) -> Fault:
                 )
     if isinstance(exc, TransportError):
         return Fault(exc.status, exc.code, exc.message, exc.field)
-    if isinstance(exc, msgspec.ValidationError):
-        return Fault(422, "validation_error", str(exc), error_path(exc))
     if isinstance(exc, msgspec.DecodeError):
         return Fault(400, "bad_request", f"not valid JSON: {exc}")
     if isinstance(exc, ValidationException):
@@ -149,12 +155,15 @@ def classify(exc: BaseException) -> Fault:
 
 
 def _litestar_validation(exc: ValidationException) -> Fault:
-    """A path or query parameter Litestar could not parse (``?limit=abc``)."""
+    """What Litestar could not read: a parameter of the wrong type (``?limit=abc``), which the
+    domain calls ``invalid_argument`` (as ``check_page_limit("abc")``), or a missing body."""
     extra: Any = exc.extra
     if isinstance(extra, list) and extra and isinstance(extra[0], dict):
         first = extra[0]
         key = first.get("key")
         message = first.get("message") or str(exc.detail)
+        if key and first.get("source") in _PARAMETERS:
+            return Fault(422, InvalidArgumentError.code, f"{key}: {message}", str(key))
         if key:
             return Fault(400, "bad_request", f"{key}: {message}", str(key))
         return Fault(400, "bad_request", str(message))

@@ -5,8 +5,17 @@ the WebSocket envelopes (``arrwdb.transports.envelopes``) carry them as ``data``
 are decoded into them. Schema evolution (msgspec's rules): a field added later gets a default,
 so messages written for an older version still decode; unknown fields are ignored.
 
-Constraints declared with ``Meta`` (``k`` in 1..1000, ...) are enforced on decode (422 with the
-field named) and appear in the OpenAPI document; every other rule is the domain's.
+Bounds (``k`` in 1..1000, ...) are declared once, in ``arrwdb.domain.limits``, and the
+constrained types below are built from them (``Meta(ge=..., le=...)``; ``min_length``/
+``max_length`` for a name). msgspec enforces them on decode, Litestar shows them in the OpenAPI
+document, and a value that fails is reported with the code and field the domain gives the same
+mistake (``invalid_argument``, field ``k``: ``envelopes.domain_error``); the domain checks them
+again, as the only check of the in-process API. Why the wire enforces rather than only
+documents: Litestar 2 builds a Struct's schema from the constraints msgspec enforces and takes
+only ``title``, ``description`` and ``examples`` from ``Meta(extra_json_schema=...)``, so a
+documentation-only ``{"minimum": ..., "maximum": ...}`` would be missing from
+``/schema/openapi.json``. What still differs by way in is the message: msgspec's on the wire
+(``Expected `int` >= 1 - at `$.k```), the domain's in process. Every other rule is the domain's.
 """
 
 from __future__ import annotations
@@ -16,14 +25,31 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from arrwdb.domain import limits
+
 Metadata = dict[str, Any]
 Metric = Literal["cosine", "l2", "ip"]
 IndexKind = Literal["flat", "hnsw"]
 
-K = Annotated[int, Meta(ge=1, le=1000, description="How many results, 1..1000.")]
-Ef = Annotated[int, Meta(ge=1, le=10_000, description="HNSW search breadth for this query.")]
-Dimension = Annotated[int, Meta(ge=1, le=65_536)]
-PageLimit = Annotated[int, Meta(ge=1, le=1000)]
+K = Annotated[
+    int,
+    Meta(ge=limits.K.low, le=limits.K.high, description=f"How many results, {limits.K}."),
+]
+Ef = Annotated[
+    int,
+    Meta(
+        ge=limits.EF.low,
+        le=limits.EF.high,
+        description=f"HNSW search breadth for this query, {limits.EF}.",
+    ),
+]
+Dimension = Annotated[int, Meta(ge=limits.DIMENSION.low, le=limits.DIMENSION.high)]
+PageLimit = Annotated[int, Meta(ge=limits.PAGE_LIMIT.low, le=limits.PAGE_LIMIT.high)]
+#: A library's name or a client-chosen document id (the domain also refuses a blank one).
+Name = Annotated[str, Meta(min_length=limits.NAME_LENGTH.low, max_length=limits.NAME_LENGTH.high)]
+HnswM = Annotated[int, Meta(ge=limits.HNSW_M.low, le=limits.HNSW_M.high)]
+EfConstruction = Annotated[int, Meta(ge=limits.EF_CONSTRUCTION.low, le=limits.EF_CONSTRUCTION.high)]
+EfSearch = Annotated[int, Meta(ge=limits.EF_SEARCH.low, le=limits.EF_SEARCH.high)]
 
 
 # -- libraries ------------------------------------------------------------------------------
@@ -32,15 +58,15 @@ PageLimit = Annotated[int, Meta(ge=1, le=1000)]
 class IndexParams(Struct, kw_only=True):
     """HNSW parameters (ignored by the exact ``flat`` index)."""
 
-    m: Annotated[int, Meta(ge=2, le=128)] = 16
-    ef_construction: Annotated[int, Meta(ge=1, le=10_000)] = 200
-    ef_search: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    m: HnswM = 16
+    ef_construction: EfConstruction = 200
+    ef_search: EfSearch = 64
 
 
 class LibraryCreate(Struct, kw_only=True):
     """``POST /v1/libraries``."""
 
-    name: str
+    name: Name
     description: str = ""
     metadata: Metadata = {}
     dimension: Dimension | None = None
@@ -53,7 +79,7 @@ class LibraryCreate(Struct, kw_only=True):
 class LibraryUpdate(Struct, kw_only=True):
     """``PATCH /v1/libraries/{id}``: a field left out (or ``null``) is unchanged."""
 
-    name: str | None = None
+    name: Name | None = None
     description: str | None = None
     metadata: Metadata | None = None
 
@@ -97,7 +123,7 @@ class DocumentIn(Struct, kw_only=True):
     text: str | None = None
     chunks: list[ChunkIn] | None = None
     metadata: Metadata = {}
-    id: str | None = None
+    id: Name | None = None
 
 
 #: ``POST .../documents`` and the WS ``add`` action take one document or a list (bulk).

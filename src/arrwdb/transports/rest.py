@@ -19,6 +19,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Response
 
 from arrwdb.domain.errors import AlreadyExistsError, InvalidArgumentError
+from arrwdb.domain.limits import PAGE_LIMIT
 from arrwdb.transports._body import WireBody
 from arrwdb.transports.errors import ShuttingDown, classify, problem_response
 from arrwdb.transports.messages import (
@@ -45,6 +46,12 @@ from arrwdb.transports.runtime import RuntimeDep
 
 LIBRARY = "/v1/libraries/{library_id:str}"
 DOCUMENT = LIBRARY + "/documents/{document_id:str}"
+#: ``?limit=``: its bound is shown in the OpenAPI document (``schema_extra``) but checked by
+#: the domain, so a page size out of range gets the domain's message as it does in process.
+_PAGE_LIMIT = QueryParameter(
+    description=f"Page size, {PAGE_LIMIT}.",
+    schema_extra={"minimum": PAGE_LIMIT.low, "maximum": PAGE_LIMIT.high},
+)
 
 
 def _version() -> str:
@@ -111,7 +118,7 @@ async def add_documents(
 async def list_documents(
     runtime: RuntimeDep,
     library_id: FromPath[str],
-    limit: Annotated[int, QueryParameter(description="Page size, 1..1000.")] = 100,
+    limit: Annotated[int, _PAGE_LIMIT] = 100,
     cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of a page.")] = None,
 ) -> DocumentPage:
     """Documents in insertion order, without chunks; follow ``next_cursor`` for more."""

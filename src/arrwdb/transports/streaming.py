@@ -11,8 +11,8 @@ generator reads the body at the same time: hence the raw ASGI app.)
 
 Ingest adds a batch in one commit; if the commit is refused because of one document, the batch
 is retried document by document so that only the bad lines fail. A bad line is reported
-(``{"line": n, "success": false, "error", "code"}``) and skipped; the stream goes on, and ends
-with ``{"summary": {"received", "added", "failed", "took_ms"}}``. A line longer than
+(``{"line": n, "success": false, "error", "code", "field"?}``) and skipped; the stream goes on,
+and ends with ``{"summary": {"received", "added", "failed", "took_ms"}}``. A line longer than
 ``settings.max_body_bytes`` is answered with ``payload_too_large`` and skipped.
 """
 
@@ -32,6 +32,7 @@ from litestar import Request, Router, post
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath
 from litestar.types import ASGIApp, Receive, Scope, Send
+from msgspec import UNSET
 
 from arrwdb.domain.errors import AlreadyExistsError, ValidationError
 from arrwdb.transports.envelopes import IngestLine, IngestSummary, IngestSummaryLine, SearchLine
@@ -213,7 +214,14 @@ async def _ingest(runtime: Runtime, library_id: str, batch: Batch) -> tuple[byte
 
 def _failed(n: int, exc: BaseException) -> IngestLine:
     fault = classify(exc)
-    return IngestLine(line=n, success=False, error=fault.message, code=fault.code)
+    field = UNSET if fault.field is None else fault.field
+    return IngestLine(line=n, success=False, error=fault.message, code=fault.code, field=field)
+
+
+def _search_failed(n: int, exc: BaseException) -> SearchLine:
+    fault = classify(exc)
+    field = UNSET if fault.field is None else fault.field
+    return SearchLine(line=n, success=False, error=fault.message, code=fault.code, field=field)
 
 
 async def _search(runtime: Runtime, library_id: str, batch: Batch) -> tuple[bytes, int]:
@@ -227,16 +235,12 @@ async def _search(runtime: Runtime, library_id: str, batch: Batch) -> tuple[byte
             queries.append(decode(SearchIn, line.raw))
             numbers.append(line.n)
         except (msgspec.DecodeError, PayloadTooLarge) as exc:
-            fault = classify(exc)
-            answers[line.n] = SearchLine(
-                line=line.n, success=False, error=fault.message, code=fault.code
-            )
+            answers[line.n] = _search_failed(line.n, exc)
     if queries:
         results = await runtime.dispatcher.execute_each("search", library_id, queries)
         for n, result in zip(numbers, results, strict=True):
             if isinstance(result, BaseException):
-                fault = classify(result)
-                answers[n] = SearchLine(line=n, success=False, error=fault.message, code=fault.code)
+                answers[n] = _search_failed(n, result)
             else:
                 answers[n] = SearchLine(
                     line=n, success=True, results=result.results, took_ms=result.took_ms
