@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _snapshot(args: argparse.Namespace) -> int:
-    from arrwdb.adapters.storage.disk import DiskRepository
+    from arrwdb.adapters.storage.disk import DiskStore
     from arrwdb.domain.errors import StorageError
 
     data_dir = args.data_dir or os.environ.get("ARRWDB_DATA_DIR") or DEFAULT_DATA_DIR
@@ -57,11 +57,8 @@ def _snapshot(args: argparse.Namespace) -> int:
         print(f"arrwdb snapshot: no data directory at {data_dir}", file=sys.stderr)
         return 2
     try:
-        store = DiskRepository(data_dir)
-        try:
+        with DiskStore(data_dir) as store:
             path = store.snapshot_to(args.destination)
-        finally:
-            store.close()
     except StorageError as exc:
         print(f"arrwdb snapshot: {exc}", file=sys.stderr)
         return 1

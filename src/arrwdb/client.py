@@ -8,6 +8,7 @@ in a worker thread so it never blocks the event loop.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -62,11 +63,16 @@ def _start(path: str | None, options: dict[str, Any]) -> Container:
 
 
 class Database:
-    """A handle on an open database. Close it (or use ``with``) to release the store."""
+    """A handle on an open database. Close it (or use ``with``) to release the store; one
+    left open is closed when it is garbage-collected, or at the latest at interpreter exit
+    (saving its indexes, as ``close`` does)."""
 
     def __init__(self, container: Container) -> None:
         self._container = container
         self.service: VectorDBService = container.service()
+        # at exit, while the interpreter still works (a generator finalised later, during
+        # shutdown, finds builtins gone and cannot write the saved indexes)
+        self._finalizer = weakref.finalize(self, container.shutdown_resources)
 
     def create_library(
         self,
@@ -90,11 +96,11 @@ class Database:
             index_params=index_params,
             embedder=embedder,
         )
-        return LibraryHandle(self.service, lib.id)
+        return LibraryHandle(self.service, lib.id, self)
 
     def get_library(self, name_or_id: str) -> LibraryHandle:
         """By id or by name; raises ``LibraryNotFoundError``."""
-        return LibraryHandle(self.service, self._resolve(name_or_id))
+        return LibraryHandle(self.service, self._resolve(name_or_id), self)
 
     def list_libraries(self) -> list[Library]:
         return self.service.list_libraries()
@@ -124,7 +130,8 @@ class Database:
         return self.service.backup(destination)
 
     def close(self) -> None:
-        self._container.shutdown_resources()
+        """Save changed indexes and release the store (idempotent)."""
+        self._finalizer()
 
     def __enter__(self) -> Database:
         return self
@@ -142,9 +149,12 @@ class LibraryHandle:
     """Operations on one library. Attribute reads (``lib.name``, ``lib.chunk_count``...) give
     the library's current state."""
 
-    def __init__(self, service: VectorDBService, library_id: str) -> None:
+    def __init__(
+        self, service: VectorDBService, library_id: str, database: Database | None = None
+    ) -> None:
         self._service = service
         self.id = library_id
+        self._database = database  # keeps the database open while a handle is in use
 
     @property
     def info(self) -> Library:
@@ -260,8 +270,11 @@ class LibraryHandle:
 
         The subscription is registered when this method returns. Iteration stops after
         ``timeout`` seconds without an event (``None``: never). If ``since`` is no longer
-        retained, the first event is a ``stream.reset`` and the stream continues live.
-        A consumer that falls too far behind gets ``SlowConsumerError``.
+        retained, the first event is a ``stream.reset`` (``data``: ``reason``,
+        ``requested``, ``earliest``, ``resume_from``; its ``id`` is ``resume_from``) and the
+        stream continues live after it. A consumer that keeps reading is never cut off; one
+        whose unread events are no longer kept gets ``SlowConsumerError`` (resume from its
+        ``last_event_id``).
         """
         return EventStream(self._service.subscribe(self.id, since=since, types=types), timeout)
 
@@ -272,7 +285,7 @@ class EventStream:
     def __init__(self, subscription: Subscription, timeout: float | None) -> None:
         self._sub = subscription
         self._timeout = timeout
-        self._pending_reset = subscription.reset
+        self._pending_reset: Event | None = subscription.reset
         self._closed = False
 
     @property
@@ -280,15 +293,8 @@ class EventStream:
         return self._sub.last_id
 
     def _reset_event(self) -> Event | None:
-        if not self._pending_reset:
-            return None
-        self._pending_reset = False
-        return Event(
-            id=self._sub.last_id or "0",
-            type="stream.reset",
-            library_id=None,
-            data={"reason": "the requested start point is no longer retained; resynchronise"},
-        )
+        reset, self._pending_reset = self._pending_reset, None
+        return reset
 
     def __iter__(self) -> Iterator[Event]:
         return self

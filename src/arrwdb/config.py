@@ -30,7 +30,7 @@ class Settings:
     bus: Literal["inprocess"] = "inprocess"
     history_size: int = 10_000
     history_max_age: float | None = None
-    subscriber_buffer: int = 1_000
+    subscriber_buffer: int | None = None
     # text
     embedder: str = "hashing"
     chunk_size: int = 1_000
@@ -44,9 +44,11 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_ws_message_bytes: int = 16 * 1024 * 1024
     ws_send_queue: int = 1_024
+    ws_send_buffer_bytes: int = 8 * 1024 * 1024
     ws_max_inflight: int = 32
     ws_send_timeout: float = 10.0
     sse_keepalive: float = 15.0
+    sse_send_timeout: float = 10.0
     ndjson_batch: int = 256
     shutdown_timeout: float = 10.0
 
@@ -57,9 +59,10 @@ class Settings:
                 f"unknown transport(s) {', '.join(sorted(unknown))}; "
                 f"known: {', '.join(ALL_TRANSPORTS)}"
             )
+        if self.subscriber_buffer is not None and self.subscriber_buffer < 1:
+            raise ValueError("subscriber_buffer must be >= 1 (or unset)")
         for name in (
             "history_size",
-            "subscriber_buffer",
             "chunk_size",
             "ws_send_queue",
             "ws_max_inflight",

@@ -1,52 +1,76 @@
 """The composition root: the only module that knows every concrete adapter.
 
-One ``Selector`` per port picks its adapter from configuration; the service is a ``Resource``
-(loaded on ``init_resources()``, closed on ``shutdown_resources()``). Nothing is built when this
-module is imported: ``build_container(settings)`` wires, ``init_resources()`` opens.
+One ``Selector`` per port picks its adapter from configuration; everything that opens and
+closes is a ``Resource`` that owns that lifecycle: the store (``start``: recovery; ``stop``),
+the event hub (started after the store's head, reading the store's log behind its memory when
+the store keeps one; stopped), and the service (loads the projection; saves indexes at the
+end). ``init_resources()`` opens them in that order, ``shutdown_resources()`` closes them in
+the reverse one. Nothing is built when this module is imported: ``build_container(settings)``
+wires, ``init_resources()`` opens.
 
-Tests override any provider (``container.repository.override(fake)``) before initialising.
+Tests override any provider (``container.store.override(fake)``) before initialising.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import timedelta
 from pathlib import Path
 
 from dependency_injector import containers, providers
 
-from arrwdb.adapters.bus.inprocess import InProcessEventBus
 from arrwdb.adapters.embedders.hashing import HashingEmbedder
+from arrwdb.adapters.hub.local import LocalEventHub
 from arrwdb.adapters.index import make_index
-from arrwdb.adapters.storage.disk import DiskRepository
+from arrwdb.adapters.storage.disk import DiskStore
 from arrwdb.adapters.storage.index_files import FileIndexStore
-from arrwdb.adapters.storage.memory import InMemoryRepository
+from arrwdb.adapters.storage.memory import InMemoryStore
 from arrwdb.config import Settings
 from arrwdb.domain.chunking import Chunker
-from arrwdb.domain.ports import Embedder, EventBus, IndexFactory, IndexStore, Repository
+from arrwdb.domain.ports import (
+    Embedder,
+    EventHistory,
+    EventHub,
+    IndexFactory,
+    IndexStore,
+    Store,
+)
 from arrwdb.domain.service import VectorDBService
 
 
+def _opened_store(store: Store) -> Iterator[Store]:
+    store.start()
+    try:
+        yield store
+    finally:
+        store.stop()
+
+
+def _started_hub(hub: EventHub, store: Store) -> Iterator[EventHub]:
+    hub.start(store.head, store if isinstance(store, EventHistory) else None)
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
 def _service(
-    repository: Repository,
-    bus: EventBus,
+    store: Store,
+    hub: EventHub,
     index_factory: IndexFactory,
     embedders: dict[str, Embedder],
     chunker: Chunker,
     default_embedder: str,
-    history_size: int,
     index_store: IndexStore | None,
     index_save_interval: float,
 ) -> Iterator[VectorDBService]:
     service = VectorDBService(
-        repository,
-        bus,
+        store,
+        hub,
         index_factory,
         embedders,
         chunker,
         default_embedder=default_embedder,
-        history_size=history_size,
         index_store=index_store,
     )
     try:
@@ -61,10 +85,6 @@ def _service(
         service.close()
 
 
-def _seconds(value: float | None) -> timedelta | None:
-    return None if value is None else timedelta(seconds=value)
-
-
 def _indexes_dir(data_dir: str) -> Path:
     return Path(data_dir) / "indexes"
 
@@ -72,27 +92,29 @@ def _indexes_dir(data_dir: str) -> Path:
 class Container(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
 
-    repository = providers.Selector(
+    store = providers.Selector(
         config.storage,
-        memory=providers.Singleton(InMemoryRepository),
+        memory=providers.Singleton(InMemoryStore, history_size=config.history_size),
         disk=providers.Singleton(
-            DiskRepository,
+            DiskStore,
             config.data_dir,
             fsync=config.fsync,
-            event_retention=config.history_size,
-            event_max_age=providers.Callable(_seconds, config.history_max_age),
+            history_size=config.history_size,
+            history_max_age=config.history_max_age,
         ),
     )
+    opened_store = providers.Resource(_opened_store, store)
 
-    bus = providers.Selector(
+    hub = providers.Selector(
         config.bus,
         inprocess=providers.Singleton(
-            InProcessEventBus,
+            LocalEventHub,
             history_size=config.history_size,
             history_max_age=config.history_max_age,
             default_buffer=config.subscriber_buffer,
         ),
     )
+    started_hub = providers.Resource(_started_hub, hub, opened_store)
 
     # saved indexes live beside the durable store; an in-memory store rebuilds nothing
     index_store = providers.Selector(
@@ -109,13 +131,12 @@ class Container(containers.DeclarativeContainer):
 
     service = providers.Resource(
         _service,
-        repository=repository,
-        bus=bus,
+        store=opened_store,
+        hub=started_hub,
         index_factory=index_factory,
         embedders=embedders,
         chunker=chunker,
         default_embedder=config.embedder,
-        history_size=config.history_size,
         index_store=index_store,
         index_save_interval=config.index_save_interval,
     )

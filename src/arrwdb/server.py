@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
 
 def _check_storage(container: Container) -> None:
     storage = container.config.storage()
-    available = container.repository.providers
+    available = container.store.providers
     if storage not in available:
         raise StorageUnavailableError(
             f"storage {storage!r} is not available in this build "

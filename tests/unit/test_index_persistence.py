@@ -85,7 +85,7 @@ def stored(service: VectorDBService, library_id: str) -> dict[str, tuple[str, An
 
 
 def reopened_log(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "arrwdb.service"]
+    return [r.getMessage() for r in caplog.records if r.name == "arrwdb.projection"]
 
 
 def test_reopening_reads_the_saved_index_instead_of_rebuilding(
@@ -100,7 +100,7 @@ def test_reopening_reads_the_saved_index_instead_of_rebuilding(
     container.shutdown_resources()
     assert [p.name for p in (store_dir / "indexes" / lib.id).iterdir()] == ["1"]
 
-    caplog.set_level(logging.INFO, logger="arrwdb.service")
+    caplog.set_level(logging.INFO, logger="arrwdb.projection")
     container, service = open_service(store_dir)
     after = [[(h.chunk_id, h.score) for h in r.results] for r in _search(service, lib, queries)]
     container.shutdown_resources()

@@ -1,7 +1,7 @@
 """Turning what callers send into validated documents: chunk, embed, check every vector.
 
-Runs before any lock is taken (embedding is the slow part); the result is re-checked cheaply
-under the commit lock in case a concurrent write fixed the library's dimension meanwhile.
+Runs before the write is put in order (embedding is the slow part); the write's rule
+(``_rules``) re-checks the dimension cheaply, in case a concurrent write fixed it meanwhile.
 """
 
 from __future__ import annotations
@@ -175,13 +175,6 @@ class DocumentBuilder:
         out[missing] = embedded
         return out
 
-    @staticmethod
-    def revalidate(library: Library, batch: PreparedBatch) -> PreparedBatch:
-        """Under the commit lock: the library's dimension may have been fixed meanwhile."""
-        if library.dimension is not None and library.dimension != batch.dimension:
-            raise DimensionMismatchError(library.dimension, batch.dimension, what="embedding")
-        return batch
-
     def query_vector(self, library: Library, query: SearchQuery) -> Vector:
         """The query as a vector; empty when the library has no dimension yet (no results)."""
         if (query.text is None) == (query.vector is None):
@@ -197,13 +190,6 @@ class DocumentBuilder:
         assert query.vector is not None
         vector = v.as_vector(query.vector, library.dimension, library.metric, "query_vector")
         return vector if library.dimension is not None else np.empty(0, dtype=np.float32)
-
-    @staticmethod
-    def stack_embeddings(documents: Sequence[Document]) -> Matrix:
-        rows = [c.embedding for d in documents for c in d.chunks if c.embedding is not None]
-        if not rows:
-            return np.empty((0, 0), dtype=np.float32)
-        return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
 
 def new_ids(count: int) -> list[str]:

@@ -1,12 +1,7 @@
-"""The live state of one library: its index, the label of every chunk, and what search returns.
-
-The service owns one ``LibraryState`` per library. It has two faces (see ``_pipeline``):
-
-* what readers see: ``library``, the index and the chunk refs. Every change to them happens
-  under the state's write lock, in commit order, once the write is durable; every search holds
-  the read lock, so a search sees a document's chunks all or none;
-* what writers are checked against, ``head`` and ``documents``: the state after every write
-  *ordered* so far (some maybe not yet durable), changed under the service's commit lock.
+"""The live state of one library: its record, its index, the label of every chunk, and what
+search returns. One part of the projection (``projection``): the projector applies changes to
+it, under its write lock, in position order; every search holds the read lock, so a search sees
+a committed batch all or none.
 
 Index labels are small integers local to the library, handed out in order and never reused;
 ``refs[label]`` is the chunk a label stands for (``None`` once removed).
@@ -21,6 +16,7 @@ from typing import Any, Final
 import numpy as np
 
 from arrwdb.domain._rwlock import RWLock
+from arrwdb.domain.changes import DocumentDeleted, DocumentSaved, LibraryUpdated, library_after
 from arrwdb.domain.filters import Predicate
 from arrwdb.domain.models import Document, Library, Matrix, SearchHit
 from arrwdb.domain.ports import IndexFactory, Labels, SavedIndex, Scores, VectorIndex
@@ -31,6 +27,8 @@ from arrwdb.domain.ports import IndexFactory, Labels, SavedIndex, Scores, Vector
 #: single step (~20% less time per hit than six attribute reads).
 ChunkRef = tuple[str, str, str, str, Mapping[str, Any], int]
 METADATA: Final = 4  # where a ChunkRef holds the metadata
+#: The changes a library's state applies itself (creation and deletion are the projection's).
+LibraryChange = LibraryUpdated | DocumentSaved | DocumentDeleted
 
 
 class LibraryState:
@@ -44,11 +42,6 @@ class LibraryState:
         # access fewer per hit than a dict lookup, which shows at 10^5 chunks)
         self.refs: list[ChunkRef | None] = []
         self.doc_labels: dict[str, Labels] = {}
-        # the writers' face: the library record and documents (id -> title, number of chunks)
-        # after every write ordered so far; ``deleted`` once a deletion of it is ordered
-        self.head = library
-        self.documents: dict[str, tuple[str, int]] = {}
-        self.deleted = False
         #: index changes (labels added or removed) since the index was last saved or loaded
         self.unsaved = 0
         if library.dimension is not None:
@@ -59,28 +52,49 @@ class LibraryState:
         self.index = self._make_index(lib.index, dimension, lib.metric, lib.index_params)
         return self.index
 
-    # -- the writers' face (caller holds the service's commit lock) ----------------------------
+    # -- changes (the projector holds the write lock) -----------------------------------------
 
-    def order_documents(self, documents: Sequence[Document]) -> None:
-        for doc in documents:
-            self.documents[doc.id] = (doc.title, len(doc.chunks))
+    def apply(self, changes: Sequence[LibraryChange], vectors: Matrix | None = None) -> None:
+        """Apply changes of this library, in position order. ``vectors``, when given, holds
+        the embeddings of every chunk the ``DocumentSaved`` changes carry, in order (what the
+        writer had stacked): it spares stacking them again when they all go to the index."""
+        pending: list[Document] = []  # saved documents whose chunks go to the index together
+        in_pending: set[str] = set()
+        stacked = vectors is not None
+        for change in changes:
+            if isinstance(change, LibraryUpdated):
+                self.library = library_after(self.library, change, None)
+                continue
+            doc_id = change.document.id if isinstance(change, DocumentSaved) else change.document_id
+            if doc_id in in_pending:  # the same document twice: index what came before first
+                self.add_documents(pending)
+                pending, stacked = [], False
+                in_pending.clear()
+            labels = self.doc_labels.get(doc_id)
+            self.library = library_after(
+                self.library, change, None if labels is None else len(labels)
+            )
+            if isinstance(change, DocumentDeleted):
+                self.remove_document(doc_id)
+            elif labels is not None and self._same_chunks(labels, change.document):
+                self._refresh(labels, change.document)
+                stacked = False
+            else:
+                self.remove_document(doc_id)
+                pending.append(change.document)
+                in_pending.add(doc_id)
+        if stacked and vectors is not None and len(vectors) == sum(len(d.chunks) for d in pending):
+            self.add_documents(pending, vectors)
+        else:
+            self.add_documents(pending)
 
-    def title_of(self, document_id: str) -> str | None:
-        entry = self.documents.get(document_id)
-        return None if entry is None else entry[0]
-
-    def chunks_of(self, document_id: str) -> int:
-        entry = self.documents.get(document_id)
-        return 0 if entry is None else entry[1]
-
-    # -- the readers' face (caller holds the write lock) --------------------------------------
-
-    def apply_documents(self, documents: Sequence[Document], vectors: Matrix) -> None:
-        """Index ``documents`` (new, or replacing earlier versions); ``vectors`` holds their
-        chunks' embeddings in order."""
-        for doc in documents:
-            if doc.id in self.doc_labels:
-                self.remove_document(doc.id)
+    def add_documents(self, documents: Sequence[Document], vectors: Matrix | None = None) -> None:
+        """Index ``documents`` (none of them indexed yet); ``vectors`` holds their chunks'
+        embeddings in order (``None``: stacked from the chunks)."""
+        if not documents:
+            return
+        if vectors is None:
+            vectors = stack_embeddings(documents)
         n = vectors.shape[0]
         labels = np.arange(self._next_label, self._next_label + n, dtype=np.int64)
         self._next_label += n
@@ -97,16 +111,21 @@ class LibraryState:
             refs.extend(_chunk_refs(doc))
             start += count
 
-    def update_document_fields(self, doc: Document) -> None:
-        """A new title or metadata on the same chunks (``doc.chunks`` given): refresh refs."""
-        labels = self.doc_labels.get(doc.id, np.empty(0, np.int64)).tolist()
+    def _same_chunks(self, labels: Labels, doc: Document) -> bool:
         refs = self.refs
-        for label, chunk in zip(labels, doc.chunks, strict=True):
-            merged = {**doc.metadata, **chunk.metadata} if chunk.metadata else doc.metadata
+        if len(labels) != len(doc.chunks):
+            return False
+        for label, chunk in zip(labels.tolist(), doc.chunks, strict=True):
             ref = refs[label]
-            assert ref is not None
-            chunk_id, document_id, _, text, _, position = ref
-            refs[label] = (chunk_id, document_id, doc.title, text, merged, position)
+            if ref is None or ref[0] != chunk.id:
+                return False
+        return True
+
+    def _refresh(self, labels: Labels, doc: Document) -> None:
+        """A new title or metadata on the same chunks: refresh their refs."""
+        refs = self.refs
+        for label, ref in zip(labels.tolist(), _chunk_refs(doc), strict=True):
+            refs[label] = ref
 
     def remove_document(self, document_id: str) -> None:
         labels = self.doc_labels.pop(document_id, None)
@@ -119,15 +138,10 @@ class LibraryState:
             self.index.remove(labels)
             self.unsaved += len(labels)
 
-    def restore(
-        self,
-        documents: Sequence[Document],
-        saved: SavedIndex,
-        stack: Callable[[Sequence[Document]], Matrix],
-    ) -> int:
+    def restore(self, documents: Sequence[Document], saved: SavedIndex) -> int:
         """Take a saved index (on open, before any other change) and bring it in line with
         ``documents``, the stored truth: a document whose chunks all have a label in it keeps
-        them; the others are indexed anew (``stack(docs)`` gives their embeddings), and labels
+        them; the others are indexed anew, and labels
         of chunks that are gone are removed. Returns the number of labels added or removed."""
         assert self._next_label == 0, "restore comes before any other change"
         label_of = {chunk_id: label for label, chunk_id in enumerate(saved.chunk_ids) if chunk_id}
@@ -151,7 +165,7 @@ class LibraryState:
         stale = np.asarray(sorted(set(label_of.values()) - kept), dtype=np.int64)
         if len(stale):
             self.index.remove(stale)
-        self.apply_documents(missing, stack(missing))
+        self.add_documents(missing)
         self.unsaved = len(stale) + sum(len(doc.chunks) for doc in missing)
         return self.unsaved
 
@@ -214,6 +228,14 @@ class LibraryState:
                 hits.append(hit)
             out.append(hits)
         return out
+
+
+def stack_embeddings(documents: Sequence[Document]) -> Matrix:
+    """Every chunk's embedding of ``documents``, in order, as one float32 matrix."""
+    rows = [c.embedding for d in documents for c in d.chunks if c.embedding is not None]
+    if not rows:
+        return np.empty((0, 0), dtype=np.float32)
+    return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
 
 def _chunk_refs(doc: Document) -> list[ChunkRef]:

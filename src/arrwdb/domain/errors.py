@@ -17,7 +17,8 @@ in-process exceptions; transports map the classes below to statuses in one table
     │   └── DocumentNotFoundError    not_found
     ├── AlreadyExistsError           already_exists       duplicate library name (HTTP 409)
     ├── SubscriptionClosedError      subscription_closed  a change stream was closed
-    │   └── SlowConsumerError        slow_consumer        its buffer overflowed; resume with `since`
+    │   └── SlowConsumerError        slow_consumer        its unread events are gone; resume
+    ├── HistoryLostError             history_lost         changes after an id are no longer kept
     ├── StorageError                 storage_error        the store cannot complete a write
     └── InternalError                internal_error       a bug; details are logged, never sent
 """
@@ -117,6 +118,22 @@ class SlowConsumerError(SubscriptionClosedError):
     """
 
     code = "slow_consumer"
+
+
+class HistoryLostError(ArrwdbError):
+    """The changes (or events) after a position are no longer kept: a reader that wanted them
+    must resynchronise (``earliest`` is the oldest position still kept)."""
+
+    code = "history_lost"
+
+    def __init__(self, after: int, earliest: int) -> None:
+        super().__init__(
+            f"the changes after {after} are no longer kept (the oldest kept is {earliest})",
+            after=after,
+            earliest=earliest,
+        )
+        self.after = after
+        self.earliest = earliest
 
 
 class StorageError(ArrwdbError):

@@ -32,6 +32,10 @@ EVENT_TYPES: Final[tuple[str, ...]] = (
 )
 #: Not a change: told to a subscriber whose starting point is no longer retained.
 STREAM_RESET: Final = "stream.reset"
+#: Not a change: the last event of a stream the server ends (SSE), with the reason.
+STREAM_CLOSED: Final = "stream.closed"
+#: ``stream.reset``'s ``reason``: the events after the requested id are no longer retained.
+HISTORY_LOST: Final = "history_lost"
 
 #: ``since="earliest"``: every event still retained.
 EARLIEST: Final = "earliest"
@@ -78,7 +82,7 @@ class StartPoint:
             value = since
         elif isinstance(since, str) and since.strip().lower() == EARLIEST:
             return cls(0)
-        elif isinstance(since, str) and since.strip().isdigit():
+        elif isinstance(since, str) and _is_event_id(since.strip()):
             value = int(since.strip())
         else:
             raise InvalidArgumentError(
@@ -87,6 +91,32 @@ class StartPoint:
         if value < 0:
             raise InvalidArgumentError("since must not be negative", field="since")
         return cls(value)
+
+
+def _is_event_id(text: str) -> bool:
+    """ASCII digits only, at most 20 of them (a u64): ``int()`` would also take other scripts'
+    digits and refuse (or take long over) thousands of them."""
+    return 0 < len(text) <= 20 and text.isascii() and text.isdigit()
+
+
+def stream_reset(library_id: str | None, requested: int, earliest: int, resume_from: int) -> Event:
+    """The one shape of a lost start point, on every way in (the library API and SSE send it
+    as an event, the WebSocket as the ``data`` of a ``history_lost`` error response).
+
+    ``requested`` is the id the client asked to resume after, ``earliest`` the oldest id still
+    retained, ``resume_from`` the id the stream goes on after. The event's own id is
+    ``resume_from``, so that resuming from it never replays anything."""
+    return Event(
+        id=str(resume_from),
+        type=STREAM_RESET,
+        library_id=library_id,
+        data={
+            "reason": HISTORY_LOST,
+            "requested": str(requested),
+            "earliest": str(earliest),
+            "resume_from": str(resume_from),
+        },
+    )
 
 
 def check_event_types(types: object) -> frozenset[str] | None:

@@ -8,7 +8,7 @@ domain error it raises; anything else an adapter raises is a bug (reported as ``
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from arrwdb.domain.changes import Batch, Change
 from arrwdb.domain.events import Event, StartPoint
 from arrwdb.domain.models import Document, IndexParams, Library, Matrix, Metric, Page
 
@@ -149,53 +150,98 @@ class Embedder(Protocol):
         ...
 
 
-class Commit(Protocol):
-    """A write that a repository has put in order but may not have made durable yet."""
+class Head(Protocol):
+    """The state every write ordered so far leaves: what a new write is checked against and
+    built from (read only inside ``ChangeLog.write``'s ``build``, under the store's ordering)."""
 
-    def wait(self) -> None:
-        """Return once the write is durable (as the store's policy promises) and visible to
-        reads. Raises ``StorageError`` if it never will be: it is then not visible, and the
-        store refuses later writes (``check`` raises). Called once per write, in any thread,
-        without the service's commit lock: concurrent writers share the durability work (one
-        fsync for all the records written meanwhile: group commit)."""
+    def library(self, library_id: str) -> Library | None: ...
+
+    def library_named(self, name: str) -> Library | None: ...
+
+    def document(self, library_id: str, document_id: str) -> Document | None:
+        """With its chunks and their embeddings."""
+        ...
+
+
+#: What a write does, decided under the store's ordering: the changes to commit (empty: none),
+#: or a domain error (``NotFoundError``, ``AlreadyExistsError``, ``ValidationError``).
+Build = Callable[[Head], Sequence[Change]]
+
+
+class Commit(Protocol):
+    """A write that a store has put in order but may not have made durable yet."""
+
+    def wait(self) -> Batch:
+        """Return the write's changes at their positions once they are durable (as the
+        store's policy promises) and visible to its reads. Raises ``StorageError`` if they
+        never will be: then nothing of them is visible, and the store refuses later writes
+        (``check`` raises). Called once, in any thread; concurrent writers share the
+        durability work (one fsync for all the records written meanwhile: group commit)."""
+        ...
+
+
+class ChangeLog(Protocol):
+    """The committed changes, in order: the one truth that everything in memory follows.
+
+    Positions are consecutive integers from 1, without gaps, in commit order; the change
+    event of a change has its position as id. A store arbitrates, where it orders writes, every
+    rule that must hold across writers (a library name is unique, a document id is not taken,
+    a library exists, its dimension is fixed): ``write`` runs the write's ``build`` against the
+    state all earlier writes leave.
+    """
+
+    def write(self, build: Build) -> Commit:
+        """Order one write: under the store's ordering, ``build(head)`` checks it and returns
+        its changes, which take the next positions and are appended in one atomic record. If
+        ``build`` raises, or the store cannot append (``StorageError``), nothing happened and
+        no position was used. Returns before the write is durable (see ``Commit``)."""
+        ...
+
+    def read(self, after: int, limit: int) -> list[Batch]:
+        """Durable batches with positions after ``after``, oldest first: whole batches, as
+        many as fit in about ``limit`` changes (at least one, if there is one). Raises
+        ``HistoryLostError`` when changes after ``after`` are no longer kept."""
+        ...
+
+    @property
+    def head(self) -> int:
+        """The position of the last durable change (0 for an empty log)."""
+        ...
+
+    def wait_for(self, after: int, timeout: float | None = None) -> int:
+        """Block until ``head`` passes ``after`` (or ``timeout`` seconds pass); the head."""
+        ...
+
+
+@runtime_checkable
+class EventHistory(Protocol):
+    """Past change events, read back from where a store keeps its log (disk, a database), so
+    that a subscriber that fell behind the in-memory history reads on instead of being cut."""
+
+    @property
+    def earliest(self) -> int:
+        """The oldest position whose event is still kept (``head + 1`` when none is)."""
+        ...
+
+    def events_after(
+        self, after: int, limit: int, library_id: str | None, until: int
+    ) -> tuple[list[Event], int]:
+        """Up to about ``limit`` events of ``library_id`` (``None``: every library) with
+        positions in ``(after, until]``, in order, and the position up to which the log was
+        read (every event of that library up to it is in the list). Raises
+        ``HistoryLostError`` when events after ``after`` are no longer kept."""
         ...
 
 
 class Repository(Protocol):
-    """Storage of libraries and documents (with their chunks and embeddings).
+    """The reads of a store's tables: the durable state, as of ``ChangeLog.head``.
 
-    Every write receives the event(s) that describe it, so that a durable store can log the
-    change and its event in one atomic record. A write is two steps: the call puts it in order
-    (the service calls writes under its commit lock, one at a time) and returns a ``Commit``;
-    ``Commit.wait()``, called outside that lock, returns once the write is durable and visible.
-    After ``wait`` returns, the change and its events survive a crash; if the call or ``wait``
-    raises ``StorageError``, neither is visible. Writes become visible in call order. Reads may
-    run concurrently with each other and with writes, and see each write entirely or not at all.
+    Reads may run concurrently with each other and with writes, and see each write entirely
+    or not at all.
     """
-
-    def save_library(self, library: Library, event: Event | None) -> Commit:
-        """Create or replace a library's record (not its documents)."""
-        ...
-
-    def delete_library(self, library_id: str, event: Event) -> Commit:
-        """Delete a library and all of its documents."""
-        ...
-
-    def get_library(self, library_id: str) -> Library | None: ...
 
     def list_libraries(self) -> list[Library]:
         """Every library, in creation order."""
-        ...
-
-    def save_documents(
-        self, library: Library, documents: Sequence[Document], events: Sequence[Event]
-    ) -> Commit:
-        """Add or replace ``documents`` (with their chunks) and store ``library``'s new record
-        (its counts), atomically."""
-        ...
-
-    def delete_document(self, library: Library, document_id: str, event: Event) -> Commit:
-        """Delete one document and store ``library``'s new record, atomically."""
         ...
 
     def get_document(self, library_id: str, document_id: str) -> Document | None:
@@ -213,16 +259,19 @@ class Repository(Protocol):
         on open)."""
         ...
 
-    def recent_events(self, limit: int) -> list[Event]:
-        """Up to ``limit`` of the latest stored events, oldest first (empty for a store that
-        keeps none). The service continues event ids after the last of them."""
-        ...
-
     def check(self) -> None:
         """Raise ``StorageError`` if the store cannot serve (readiness probe)."""
         ...
 
-    def close(self) -> None: ...
+
+class Store(ChangeLog, Repository, Protocol):
+    """A store: its change log and the tables the log leaves. ``start`` opens it (recovers
+    from its files; raises ``StorageError``), ``stop`` makes what it holds durable and lets go
+    of its files; both are called once, by whoever made it (the container)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @runtime_checkable
@@ -240,20 +289,34 @@ class Subscription(Protocol):
     """A subscriber's position in the change stream.
 
     Delivers every matching event after its start point exactly once, in id order. It reads
-    from the bus's shared bounded history, so a subscriber costs no memory per event; one that
-    falls more than its buffer behind (or behind the retained history) is closed with
-    ``SlowConsumerError`` and never slows the others.
+    the hub's shared history, then (``EventHistory``) the store's log: a subscriber costs no
+    memory per event, and one that keeps reading is never cut off, whatever other subscribers
+    do or however large a commit. It is closed with ``SlowConsumerError`` (carrying the last
+    id it delivered) only when events it still has to read are no longer kept, or when more
+    than its own ``buffer`` of them wait unread.
     """
 
     @property
-    def reset(self) -> bool:
-        """True when the requested start point was no longer retained (or unknown): the stream
-        then starts live, and the consumer must resynchronise."""
+    def reset(self) -> Event | None:
+        """The ``stream.reset`` event (``events.stream_reset``) to hand the consumer first when
+        the requested start point was no longer retained: the stream then goes on after its
+        id (live), and the consumer must resynchronise. ``None`` otherwise."""
         ...
 
     @property
     def last_id(self) -> str | None:
         """The id of the last event delivered (the value to resume from)."""
+        ...
+
+    @property
+    def resume_from(self) -> str:
+        """The id to resume from (``since``) to get exactly the events not delivered yet."""
+        ...
+
+    @property
+    def behind(self) -> bool:
+        """True when the next events must be read from the store's log: ``poll`` returns
+        ``None`` until ``get`` or ``aget`` have fetched them."""
         ...
 
     def get(self, timeout: float | None = None) -> Event | None:
@@ -262,11 +325,12 @@ class Subscription(Protocol):
         ...
 
     async def aget(self, timeout: float | None = None) -> Event | None:
-        """``get`` for a coroutine on an asyncio event loop; never blocks the loop."""
+        """``get`` for a coroutine on an asyncio event loop; never blocks the loop (reads of
+        the log run in a worker thread)."""
         ...
 
     def poll(self) -> Event | None:
-        """The next event if one is ready, without waiting."""
+        """The next event if one is in memory, without waiting or reading the log."""
         ...
 
     def close(self) -> None:
@@ -274,12 +338,26 @@ class Subscription(Protocol):
         ...
 
 
-class EventBus(Protocol):
-    """Publishes committed changes to subscribers and keeps a bounded history for resuming."""
+class EventHub(Protocol):
+    """Hands committed change events to subscribers in this process, with a bounded history
+    in memory (and the store's log behind it) for resuming.
 
-    def publish(self, event: Event) -> None:
-        """Append ``event`` (its id is one more than the last) and wake subscribers.
-        Never blocks on a subscriber."""
+    Only the projector publishes, in position order, once the changes are applied in memory,
+    so a subscriber that sees an event can read its effects.
+    """
+
+    def start(self, last_id: int, history: EventHistory | None) -> None:
+        """Begin after event ``last_id`` (the store's head), reading what the in-memory
+        history no longer holds from ``history`` (``None``: nothing beyond it)."""
+        ...
+
+    def stop(self) -> None:
+        """Close every subscription (``SubscriptionClosedError`` after their backlog)."""
+        ...
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Append ``events`` (their ids follow the last one, consecutively) and wake
+        subscribers. Never blocks on a subscriber."""
         ...
 
     def subscribe(
@@ -291,18 +369,16 @@ class EventBus(Protocol):
     ) -> Subscription:
         """Register a subscriber (before returning: nothing published after this call is
         missed) to one library's events (``None``: all) of ``types`` (``None``: all).
-        ``buffer`` bounds how many live events it may fall behind."""
-        ...
-
-    def restore(self, events: Sequence[Event]) -> None:
-        """Seed the history with stored events (at startup, before any publish)."""
+        ``buffer`` (``None``: no limit) bounds how many of its own events may wait unread."""
         ...
 
     @property
     def last_id(self) -> int:
-        """The id of the last event published or restored (0 if none)."""
+        """The id of the last event published (or the one ``start`` began after)."""
         ...
 
-    def close(self) -> None:
-        """Close every subscription (``SubscriptionClosedError`` after their backlog)."""
+    async def wait_beyond(self, after: int, timeout: float | None = None) -> int:
+        """On an event loop: return ``last_id`` once it passes ``after`` (or after
+        ``timeout`` seconds): a doorbell for code that fans events out itself. Raises
+        ``SubscriptionClosedError`` once the hub is stopped."""
         ...

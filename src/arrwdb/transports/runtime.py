@@ -13,15 +13,14 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, deque
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeAlias, TypeVar
 
 import anyio
 from litestar.di import NamedDependency
-from litestar.response import ServerSentEventMessage
 
 from arrwdb.config import Settings
-from arrwdb.domain.errors import SlowConsumerError, SubscriptionClosedError
+from arrwdb.domain.errors import SubscriptionClosedError
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import format_timestamp
 from arrwdb.domain.ports import Subscription
@@ -36,17 +35,6 @@ logger = logging.getLogger("arrwdb.transports")
 T = TypeVar("T")
 
 
-@dataclass
-class EncodedSSE(ServerSentEventMessage):
-    """An SSE message whose bytes were encoded once for every stream (Litestar encodes each
-    message it is given once per stream otherwise)."""
-
-    encoded: bytes = b""
-
-    def encode(self) -> bytes:
-        return self.encoded
-
-
 class EventFrames:
     """Encodes each event once, whatever the number of subscribers: a small cache of the
     WebSocket frame, of the SSE ``data`` (the envelope) and of the whole SSE message by event
@@ -56,16 +44,13 @@ class EventFrames:
         self._size = size
         self._ws: dict[str, str] = {}
         self._sse: dict[str, str] = {}
-        self._sse_messages: dict[str, EncodedSSE] = {}
+        self._sse_messages: dict[str, bytes] = {}
 
-    def sse_message(self, event: Event) -> EncodedSSE:
+    def sse_message(self, event: Event) -> bytes:
         """The SSE message of ``event`` (``id``, ``event`` and ``data`` lines), encoded once."""
         message = self._sse_messages.get(event.id)
         if message is None:
-            plain = ServerSentEventMessage(data=self.sse(event), id=event.id, event=event.type)
-            message = EncodedSSE(
-                data=plain.data, id=plain.id, event=plain.event, encoded=plain.encode()
-            )
+            message = sse_message(event.id, event.type, self.sse(event))
             if len(self._sse_messages) >= self._size:
                 for old in list(self._sse_messages)[: self._size // 4]:
                     del self._sse_messages[old]
@@ -75,27 +60,13 @@ class EventFrames:
     def ws(self, event: Event) -> str:
         frame = self._ws.get(event.id)
         if frame is None:
-            msg = WSEvent(
-                event_type=event.type,
-                library_id=event.library_id,
-                data=dict(event.data),
-                id=event.id,
-                timestamp=format_timestamp(event.timestamp),
-            )
-            frame = self._put(self._ws, event.id, encoder.encode(msg).decode())
+            frame = self._put(self._ws, event.id, encoder.encode(ws_event(event)).decode())
         return frame
 
     def sse(self, event: Event) -> str:
         data = self._sse.get(event.id)
         if data is None:
-            msg = EventEnvelope(
-                id=event.id,
-                type=event.type,
-                library_id=event.library_id,
-                timestamp=format_timestamp(event.timestamp),
-                data=dict(event.data),
-            )
-            data = self._put(self._sse, event.id, encoder.encode(msg).decode())
+            data = self._put(self._sse, event.id, encoder.encode(envelope(event)).decode())
         return data
 
     def _put(self, cache: dict[str, str], key: str, value: str) -> str:
@@ -107,21 +78,56 @@ class EventFrames:
         return value
 
 
+def envelope(event: Event) -> EventEnvelope:
+    """The spec's event envelope of ``event`` (also of ``stream.reset`` and ``stream.closed``)."""
+    return EventEnvelope(
+        id=event.id,
+        type=event.type,
+        library_id=event.library_id,
+        timestamp=format_timestamp(event.timestamp),
+        data=dict(event.data),
+    )
+
+
+def ws_event(event: Event) -> WSEvent:
+    return WSEvent(
+        event_type=event.type,
+        library_id=event.library_id,
+        data=dict(event.data),
+        id=event.id,
+        timestamp=format_timestamp(event.timestamp),
+    )
+
+
+def sse_message(event_id: str | None, event_type: str | None, data: str) -> bytes:
+    """One Server-Sent Events message; lines end in ``\n`` (``data`` is one line of JSON)."""
+    head = "" if event_id is None else f"id: {event_id}\n"
+    if event_type is not None:
+        head += f"event: {event_type}\n"
+    return f"{head}data: {data}\n\n".encode()
+
+
 class Outbox(Generic[T]):
     """A bounded FIFO from any number of senders to one receiver, on one asyncio loop: what a
     WebSocket connection queues for its writer (events and responses).
 
-    It has the interface of an anyio memory object stream (``send_nowait`` raising
-    ``anyio.WouldBlock`` when full, ``send`` waiting for room, ``close`` to end it after what
-    is queued, ``ClosedResourceError``/``BrokenResourceError``; the receiver iterates it in
-    ``async with``) at a fraction of the cost: fan-out pushes one frame per event per
-    subscriber, and a frame that is there is taken without suspending (no checkpoint) and a
-    wait is one bare future."""
+    Bounded in items and in bytes (``weigh(item)``): a send that would pass either bound waits
+    (or, ``send_nowait``, raises ``anyio.WouldBlock``), except that an empty box always takes
+    one item, however large. It has the interface of an anyio memory object stream (``send``
+    waiting for room, ``close`` to end it after what is queued, ``ClosedResourceError`` /
+    ``BrokenResourceError``; the receiver iterates it in ``async with``) at a fraction of the
+    cost: fan-out pushes one frame per event per subscriber, and a frame that is there is taken
+    without suspending (no checkpoint) and a wait is one bare future."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self, size: int, max_bytes: int | None = None, weigh: Callable[[T], int] | None = None
+    ) -> None:
         if size < 1:
             raise ValueError("size must be >= 1")
         self._size = size
+        self._max_bytes = max_bytes
+        self._weigh = weigh
+        self._bytes = 0
         self._items: deque[T] = deque()
         self._getter: asyncio.Future[None] | None = None
         self._putters: deque[asyncio.Future[None]] = deque()
@@ -131,14 +137,25 @@ class Outbox(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def bytes(self) -> int:
+        """What the queued items weigh (0 without ``weigh``)."""
+        return self._bytes
+
     def send_nowait(self, item: T) -> None:
         if self._broken:
             raise anyio.BrokenResourceError
         if self._closed:
             raise anyio.ClosedResourceError
-        if len(self._items) >= self._size:
+        items = self._items
+        weight = 0 if self._weigh is None else self._weigh(item)
+        if items and (
+            len(items) >= self._size
+            or (self._max_bytes is not None and self._bytes + weight > self._max_bytes)
+        ):
             raise anyio.WouldBlock
-        self._items.append(item)
+        items.append(item)
+        self._bytes += weight
         getter = self._getter
         if getter is not None and not getter.done():
             getter.set_result(None)
@@ -171,6 +188,7 @@ class Outbox(Generic[T]):
         """The receiver is gone: senders get ``BrokenResourceError`` from now on."""
         self._broken = True
         self._items.clear()
+        self._bytes = 0
         self._wake_all()
 
     def __aiter__(self) -> Outbox[T]:
@@ -186,6 +204,8 @@ class Outbox(Generic[T]):
             finally:
                 self._getter = None
         item = self._items.popleft()
+        if self._weigh is not None:
+            self._bytes -= self._weigh(item)
         while self._putters:
             putter = self._putters.popleft()
             if not putter.done():
@@ -212,8 +232,8 @@ class Pumped(Protocol):
 class FanOut:
     """Moves events to the WebSocket connections' outbound queues, for all of them at once.
 
-    One task per event loop holds a subscription to every event (a doorbell): each time it
-    wakes, it calls ``pump`` on every registered connection, which drains that connection's
+    One task per event loop waits on the hub (a doorbell: ``service.wait_beyond``): each time
+    it wakes, it calls ``pump`` on every registered connection, which drains that connection's
     own subscription (so each connection still gets exactly its events, once and in order,
     with its own filters and its own slow-consumer limit). Compared with one waiting task per
     connection, an event costs one wake-up of this task plus one of each connection's writer,
@@ -247,25 +267,17 @@ class FanOut:
         self._task = None
 
     async def _run(self) -> None:
+        service = self._runtime.service
+        seen = service.last_event_id
         while not self._runtime.closing:
             try:
-                bell = self._runtime.service.subscribe(None)
+                seen = await service.wait_beyond(seen)  # one wake-up for a burst of events
             except SubscriptionClosedError:
                 return
             try:
-                while True:
-                    await bell.aget()
-                    while bell.poll() is not None:  # one round for a burst of events
-                        pass
-                    self._pump_all()
-            except SlowConsumerError:
-                self._pump_all()  # the doorbell fell behind: ring again from now on
-            except SubscriptionClosedError:
-                return
+                self._pump_all()
             except Exception:
-                logger.exception("the WebSocket fan-out failed; restarting it")
-            finally:
-                bell.close()
+                logger.exception("the WebSocket fan-out failed; going on")
 
     def _pump_all(self) -> None:
         for member in list(self._members):

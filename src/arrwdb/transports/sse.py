@@ -1,38 +1,52 @@
 """The SSE transport: ``GET /v1/libraries/{id}/events`` and ``GET /v1/events``.
 
-Each event is ``id: <id>`` / ``event: <type>`` / ``data: <envelope JSON>``. The start point is
-the ``Last-Event-ID`` header (a reconnecting ``EventSource``), else ``?since=`` (an id or
-``earliest``), else live. The subscription is registered in the handler, before the response
-headers are sent, so nothing written after the client sees the stream open is missed; an
-unknown library, a bad ``since`` or ``types`` are answered (404/422) before the stream starts.
+Each event is ``id: <id>`` / ``event: <type>`` / ``data: <envelope JSON>`` (lines end in
+``\\n``). The start point is the ``Last-Event-ID`` header (a reconnecting ``EventSource``), else
+``?since=`` (an id or ``earliest``), else live. The subscription is registered in the handler,
+before the response headers are sent, so nothing written after the client sees the stream open
+is missed; an unknown library, a bad ``since`` or ``types`` are answered (404/422) before the
+stream starts.
 
 When the start point is no longer retained, the stream begins with a ``stream.reset`` event
-whose ``id`` is the point the live stream starts after. A comment line is sent every
-``settings.sse_keepalive`` seconds without events. The stream ends when the client goes away,
-when it falls too far behind (it reconnects with ``Last-Event-ID``) and at server shutdown.
+(``data``: ``reason``, ``requested``, ``earliest``, ``resume_from``) whose ``id`` is the point
+the stream goes on after. A comment line is sent every ``settings.sse_keepalive`` seconds
+without events.
+
+A reader that keeps reading is never cut off: when it falls behind the server's memory, its
+events are read back from the store's log. The stream is ended with a last ``stream.closed``
+event (``data``: ``reason``, ``last_id``: the last event sent, to resume from) when the client
+stops reading (a send waits ``settings.sse_send_timeout`` seconds with the connection's buffer
+full: the backlog it holds is that buffer), or when the events it still has to read are no
+longer kept; it ends without one when the client goes away and at server shutdown.
+
+The response is a small ASGI app (as the NDJSON streams are) rather than Litestar's
+``ServerSentEvent``: it owns the sends, so that a send to a client that does not read can be
+given up on, and a disconnect is noticed while waiting for events.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
-from datetime import UTC, datetime
 from typing import Annotated
 
+import anyio
 from litestar import Router, get
 from litestar.params import FromPath, HeaderParameter, QueryParameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from arrwdb.domain.errors import SlowConsumerError, SubscriptionClosedError
-from arrwdb.domain.events import STREAM_RESET
-from arrwdb.domain.models import format_timestamp
+from arrwdb.domain.events import STREAM_CLOSED, Event
 from arrwdb.domain.ports import Subscription
-from arrwdb.transports.envelopes import EventEnvelope
 from arrwdb.transports.errors import ShuttingDown
 from arrwdb.transports.messages import encoder
-from arrwdb.transports.runtime import Runtime, RuntimeDep
+from arrwdb.transports.runtime import Runtime, RuntimeDep, envelope, sse_message
 
 logger = logging.getLogger("arrwdb.sse")
+
+EVENT_STREAM = "text/event-stream"
+KEEPALIVE = b": keep-alive\n\n"
+#: How long the last ``stream.closed`` event may take to send before the stream ends anyway.
+_LAST_SEND_TIMEOUT = 1.0
 
 Since = Annotated[
     str | None, QueryParameter(description="Resume after this event id, or `earliest`.")
@@ -44,90 +58,140 @@ LastEventId = Annotated[
 ]
 
 
-@get("/v1/libraries/{library_id:str}/events", tags=["events"])
+@get(
+    "/v1/libraries/{library_id:str}/events",
+    tags=["events"],
+    media_type=EVENT_STREAM,
+    status_code=200,
+)
 async def library_events(
     runtime: RuntimeDep,
     library_id: FromPath[str],
     since: Since = None,
     types: Types = None,
     last_event_id: LastEventId = None,
-) -> ServerSentEvent:
+) -> ASGIApp:
     """Server-Sent Events: the change stream of one library (`text/event-stream`)."""
     return _open(runtime, library_id, last_event_id or since, types)
 
 
-@get("/v1/events", tags=["events"])
+@get("/v1/events", tags=["events"], media_type=EVENT_STREAM, status_code=200)
 async def all_events(
     runtime: RuntimeDep,
     since: Since = None,
     types: Types = None,
     last_event_id: LastEventId = None,
-) -> ServerSentEvent:
+) -> ASGIApp:
     """Server-Sent Events: the change stream of every library (`text/event-stream`)."""
     return _open(runtime, None, last_event_id or since, types)
 
 
 def _open(
     runtime: Runtime, library_id: str | None, since: str | None, types: str | None
-) -> ServerSentEvent:
+) -> _EventStream:
     if runtime.closing:
         raise ShuttingDown("the server is shutting down")
-    before = runtime.service.last_event_id  # read first: a reset id never skips an event
     sub = runtime.service.subscribe(library_id, since=since or None, types=types or None)
     runtime.streams.add(sub)
     logger.info("SSE stream opened (library: %s, since: %s)", library_id or "*", since)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return ServerSentEvent(_stream(runtime, sub, library_id, since, before), headers=headers)
+    return _EventStream(runtime, sub, library_id)
 
 
-async def _stream(
-    runtime: Runtime,
-    sub: Subscription,
-    library_id: str | None,
-    since: str | None,
-    before: int,
-) -> AsyncGenerator[ServerSentEventMessage, None]:
-    keepalive = runtime.settings.sse_keepalive
-    reason = "client went away"
-    try:
-        if sub.reset:
-            yield _reset(library_id, since, before)
+class _EventStream:
+    """The response: sends the subscription's events until the stream ends."""
+
+    def __init__(self, runtime: Runtime, sub: Subscription, library_id: str | None) -> None:
+        self._runtime = runtime
+        self._sub = sub
+        self._library_id = library_id
+        #: the id to resume from to get every event not sent yet
+        self._last_sent = sub.resume_from
+        self._reason = "client went away"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", EVENT_STREAM.encode()),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no"),
+                    ],
+                }
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
+                if await self._pump(send):
+                    with anyio.move_on_after(_LAST_SEND_TIMEOUT):
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                tg.cancel_scope.cancel()
+        finally:
+            self._runtime.streams.discard(self._sub)
+            self._sub.close()
+            logger.info(
+                "SSE stream closed (library: %s): %s", self._library_id or "*", self._reason
+            )
+
+    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    async def _pump(self, send: Send) -> bool:
+        """Send events until the stream ends; False if the client stopped reading (then the
+        response cannot be finished: the connection is dropped)."""
+        sub = self._sub
+        keepalive = self._runtime.settings.sse_keepalive
+        frames = self._runtime.frames
+        if sub.reset is not None:
+            if not await self._send(send, _message(sub.reset)):
+                return False
+            self._last_sent = sub.reset.id
         while True:
             try:
                 event = await sub.aget(timeout=keepalive)
-            except SlowConsumerError as exc:
-                reason = "slow consumer"
-                yield ServerSentEventMessage(comment=f"closed: {exc}", data=None)
-                return
+            except SlowConsumerError:
+                self._reason = "its events are no longer kept"
+                return await self._close(send, "slow_consumer")
             except SubscriptionClosedError:
-                reason = "server shutting down"
-                return
+                self._reason = "server shutting down"
+                return True
             if event is None:
-                yield ServerSentEventMessage(comment="keep-alive", data=None)
+                if not await self._send(send, KEEPALIVE):
+                    return False
                 continue
-            yield runtime.frames.sse_message(event)  # encoded once for every stream
-    finally:
-        runtime.streams.discard(sub)
-        sub.close()
-        logger.info("SSE stream closed (library: %s): %s", library_id or "*", reason)
+            if not await self._send(send, frames.sse_message(event)):  # encoded once for all
+                return False
+            self._last_sent = event.id
+
+    async def _send(self, send: Send, body: bytes) -> bool:
+        with anyio.move_on_after(self._runtime.settings.sse_send_timeout):
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            return True
+        self._reason = "slow consumer: not reading"
+        logger.info("SSE stream (library: %s): the client is not reading", self._library_id or "*")
+        await self._close(send, "slow_consumer", timeout=_LAST_SEND_TIMEOUT)
+        return False
+
+    async def _close(self, send: Send, reason: str, timeout: float | None = None) -> bool:
+        """Send the last event, ``stream.closed``; True if it went out."""
+        closed = Event(
+            id=self._last_sent,
+            type=STREAM_CLOSED,
+            library_id=self._library_id,
+            data={"reason": reason, "last_id": self._last_sent},
+        )
+        body = _message(closed)
+        with anyio.move_on_after(timeout or self._runtime.settings.sse_send_timeout):
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            return True
+        return False
 
 
-def _reset(library_id: str | None, since: str | None, before: int) -> ServerSentEventMessage:
-    envelope = EventEnvelope(
-        id=str(before),
-        type=STREAM_RESET,
-        library_id=library_id,
-        timestamp=format_timestamp(datetime.now(UTC)),
-        data={
-            "requested_since": since,
-            "resume_from": str(before),
-            "reason": "the requested events are no longer retained; resynchronise, then "
-            "follow this stream",
-        },
-    )
-    return ServerSentEventMessage(
-        data=encoder.encode(envelope).decode(), id=envelope.id, event=STREAM_RESET
-    )
+def _message(event: Event) -> bytes:
+    return sse_message(event.id, event.type, encoder.encode(envelope(event)).decode())
 
 
 def router() -> Router:

@@ -14,14 +14,17 @@ Each connection runs, in one task group:
 * a **pump** that moves events from the subscription to the outbound queue, encoded once per
   event for all subscribers (``runtime.frames``): not a task of its own, but ``pump()``, called
   after each publish by one task for every connection (``runtime.fanout``);
-* a **writer** that sends the outbound queue (``settings.ws_send_queue`` frames, bounded).
+* a **writer** that sends the outbound queue (bounded: ``settings.ws_send_queue`` frames and
+  ``settings.ws_send_buffer_bytes`` bytes).
 
-A client that does not read is cut off: when the outbound queue stays full for
-``settings.ws_send_timeout`` seconds (a burst, such as one bulk commit, may fill it briefly), or
-the subscription falls more than ``settings.subscriber_buffer`` events behind, the connection is
-closed with 4008 ("slow consumer"). Publishers never wait for a subscriber, and other
-connections are not slowed. At server shutdown, requests in flight are answered,
-then the socket is closed with 1001.
+Events are moved to the queue only while it has room, so a burst (one bulk commit) never piles
+up in memory: the subscription simply falls behind, and reads on from the hub's history and then
+the store's log. A client that keeps reading is therefore never cut off. One that does not read
+is: when the queue stays full for ``settings.ws_send_timeout`` seconds, or when the events it
+still has to read are no longer kept, the connection is closed with 4008 and a reason naming
+the last event id it was sent (resume with ``subscribe {since}``). Publishers never wait for a
+subscriber, and other connections are not slowed. At server shutdown, requests in flight are
+answered, then the socket is closed with 1001.
 """
 
 from __future__ import annotations
@@ -72,7 +75,22 @@ def _reason(text: str) -> str:
     return text.encode()[:120].decode(errors="ignore")
 
 
-def _error(request_id: RequestId, code: str, message: str, field: str | None = None) -> str:
+#: What the outbound queue holds: a frame, and the id of the event it carries (None for
+#: responses and the welcome).
+_Frame = tuple[str, str | None]
+
+
+def _weigh(item: _Frame) -> int:
+    return len(item[0])
+
+
+def _error(
+    request_id: RequestId,
+    code: str,
+    message: str,
+    field: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> str:
     return _frame(
         WSResponse(
             request_id=request_id,
@@ -80,6 +98,7 @@ def _error(request_id: RequestId, code: str, message: str, field: str | None = N
             error=message,
             code=code,
             field=UNSET if field is None else field,
+            data=UNSET if data is None else data,
         )
     )
 
@@ -95,8 +114,12 @@ class _Connection:
         self._runtime = runtime
         self._max_message = settings.max_ws_message_bytes
         self._send_timeout = settings.ws_send_timeout
-        # one bounded FIFO to the writer (events and responses), read without a checkpoint
-        self._out: Outbox[str] = Outbox(settings.ws_send_queue)
+        # one bounded FIFO to the writer (events and responses, with the id of an event's
+        # frame), read without a checkpoint
+        self._out: Outbox[_Frame] = Outbox(
+            settings.ws_send_queue, settings.ws_send_buffer_bytes, _weigh
+        )
+        self._last_sent: str | None = None  # the id of the last event frame sent
         self._slots = anyio.Semaphore(settings.ws_max_inflight)
         self._sub: Subscription | None = None
         self._pump_scope: anyio.CancelScope | None = None
@@ -124,7 +147,7 @@ class _Connection:
                     message=f"Connected to library {self.library_id}",
                     connection_id=self.connection_id,
                 )
-                self._out.send_nowait(_frame(welcome))  # the first frame, before any event
+                self._out.send_nowait((_frame(welcome), None))  # the first frame, before any event
                 tg.start_soon(self._write_loop)
                 await self._start_pump(sub)
                 async with anyio.create_task_group() as workers:
@@ -226,12 +249,13 @@ class _Connection:
             await self._send(_error(rid, fault.code, fault.message, fault.field))
             return
         self._stop_pump()
-        if sub.reset:
+        if sub.reset is not None:
             message = (
                 f"events after {since!r} are no longer retained; subscribed to live events "
-                "from now on: resynchronise"
+                f"after {sub.reset.id}: resynchronise"
             )
-            await self._send(_error(rid, "history_lost", message, "since"))
+            data = dict(sub.reset.data)
+            await self._send(_error(rid, "history_lost", message, "since", data))
         else:
             await self._send(_frame(WSResponse(request_id=rid, success=True, data=state)))
         await self._start_pump(sub)
@@ -259,67 +283,101 @@ class _Connection:
             self._sub = None
 
     def pump(self) -> None:
-        """Move the events the subscription holds to the outbound queue, without waiting:
-        called by ``runtime.fanout`` after each publish (one task for every connection),
-        each event's frame encoded once for all subscribers (``runtime.frames``). When the
-        queue is full, a task of the connection waits for room (``_wait_for_room``) and
-        carries on; meanwhile the fan-out skips this connection."""
+        """Move the events the subscription holds in memory to the outbound queue, without
+        waiting: called by ``runtime.fanout`` after each publish (one task for every
+        connection), each event's frame encoded once for all subscribers (``runtime.frames``).
+        When the queue is full, or the next events must be read from the store's log, a task
+        of the connection takes over (``_pump_slowly``) and hands back once caught up;
+        meanwhile the fan-out skips this connection."""
         sub = self._sub
         if sub is None or self._pump_scope is not None:
-            return  # not subscribed, or waiting for room
+            return  # not subscribed, or the slow path is running
         frames = self._runtime.frames
         try:
             while True:
                 event = sub.poll()
                 if event is None:
+                    if sub.behind:
+                        self._slow_path(None)
                     return
-                frame = frames.ws(event)
+                frame = (frames.ws(event), event.id)
                 try:
                     self._out.send_nowait(frame)
                 except anyio.WouldBlock:
-                    # a burst (one bulk commit) may fill the queue: wait, but not forever
-                    assert self._tg is not None
-                    scope = self._pump_scope = anyio.CancelScope()
-                    self._tg.start_soon(self._wait_for_room, frame, scope)
+                    self._slow_path(frame)
                     return
-        except SlowConsumerError:
-            self._runtime.fanout.discard(self)
-            self._request_close(CLOSE_SLOW_CONSUMER, "slow consumer: fell behind the events")
-        except SubscriptionClosedError:
-            self._runtime.fanout.discard(self)
-            if self._runtime.closing:
-                self._request_close(CLOSE_GOING_AWAY, "server shutting down")
+        except SubscriptionClosedError as exc:
+            self._stream_ended(exc)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError):
             # the queue or the task group is closed: the connection is ending
             self._runtime.fanout.discard(self)
 
-    async def _wait_for_room(self, frame: str, scope: anyio.CancelScope) -> None:
+    def _slow_path(self, frame: _Frame | None) -> None:
+        assert self._tg is not None
+        scope = self._pump_scope = anyio.CancelScope()
+        self._tg.start_soon(self._pump_slowly, frame, scope)
+
+    async def _pump_slowly(self, frame: _Frame | None, scope: anyio.CancelScope) -> None:
+        """Wait for room (``frame`` first), read the log where the subscription must, then
+        hand back to the fan-out."""
+        sub = self._sub
+        frames = self._runtime.frames
         with scope:
-            with anyio.move_on_after(self._send_timeout):
-                try:
-                    await self._out.send(frame)
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    self._runtime.fanout.discard(self)
+            try:
+                if frame is not None and not await self._put(frame):
                     return
-                if self._pump_scope is scope:
-                    self._pump_scope = None
-                    self.pump()  # the rest, then back to the fan-out
+                while sub is not None:
+                    event = await sub.aget(timeout=0)  # what is kept, the log included
+                    if event is None:
+                        break
+                    if not await self._put((frames.ws(event), event.id)):
+                        return
+            except SubscriptionClosedError as exc:
+                self._stream_ended(exc)
                 return
-            self._runtime.fanout.discard(self)
-            self._request_close(CLOSE_SLOW_CONSUMER, "slow consumer: not reading")
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._runtime.fanout.discard(self)
+                return
+            if self._pump_scope is scope:
+                self._pump_scope = None
+                self.pump()  # the rest, then back to the fan-out
+
+    async def _put(self, frame: _Frame) -> bool:
+        """Queue ``frame``, waiting for room at most ``ws_send_timeout`` seconds; False (and
+        the connection closing) if the client did not make room."""
+        with anyio.move_on_after(self._send_timeout):
+            await self._out.send(frame)
+            return True
+        self._runtime.fanout.discard(self)
+        self._request_close(
+            CLOSE_SLOW_CONSUMER, f"slow consumer: not reading; last event id {self._last_sent}"
+        )
+        return False
+
+    def _stream_ended(self, exc: SubscriptionClosedError) -> None:
+        self._runtime.fanout.discard(self)
+        if isinstance(exc, SlowConsumerError):
+            self._request_close(
+                CLOSE_SLOW_CONSUMER,
+                f"slow consumer: events no longer kept; last event id {self._last_sent}",
+            )
+        elif self._runtime.closing:
+            self._request_close(CLOSE_GOING_AWAY, "server shutting down")
 
     # -- writing ------------------------------------------------------------------------------
 
     async def _send(self, frame: str) -> None:
         # closing: the answer has nowhere to go
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await self._out.send(frame)
+            await self._out.send((frame, None))
 
     async def _write_loop(self) -> None:
         try:
             async with self._out:
-                async for frame in self._out:
+                async for frame, event_id in self._out:
                     await self._socket.send_data(frame)
+                    if event_id is not None:
+                        self._last_sent = event_id
         except anyio.get_cancelled_exc_class():
             raise
         except Exception:  # the client went away mid-send

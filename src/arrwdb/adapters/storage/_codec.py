@@ -1,18 +1,32 @@
-"""Bytes on disk for the durable store: checksummed frames, and the msgpack records in them.
+"""Bytes on disk for the durable store: checksummed frames, and the records in them.
 
 A *frame* is the unit both the write-ahead log and snapshot files are made of::
 
     offset  size  field
-    0       4     magic      b"AWL1" (log) or b"AWS1" (snapshot)
+    0       4     magic      b"AWL2" (log) or b"AWS1" (snapshot)
     4       4     length     u32 little-endian, payload bytes
     8       8     sequence   u64 little-endian (log: record number; snapshot: item number)
     16      4     crc32      zlib.crc32 over the payload, continued over header bytes 0..16
-    20      ...   payload    msgpack (msgspec)
+    20      ...   payload
 
-Payloads are msgspec tagged unions of the domain's own dataclasses (``Library``, ``Document``,
-``Event``), so a field added to a model with a default is written and read without a change
-here. Embeddings are encoded as raw little-endian float32 bytes and decoded without a copy into
-read-only arrays.
+A log record's payload is one committed batch of changes (``domain.changes.Batch``)::
+
+    offset  size  field
+    0       8     first      u64, the position of the batch's first change
+    8       4     count      u32, changes in the batch
+    12      8     at         f64, the last change's time (seconds since the epoch)
+    20      4     events     u32, bytes of the events part
+    24      4     events crc u32, zlib.crc32 of the events part
+    28      2     library    u16, bytes of the library id
+    30      ...   library id UTF-8: the one library every change is of ("" if several)
+    ...           events     msgpack: the batch's change events (``Event``), in order
+    ...           changes    msgpack: ``[[kind, change], ...]`` (``CHANGE_KINDS``)
+
+The head and the events part let the change stream read a record's events without reading its
+changes (which carry every embedding): ``read_head`` and ``decode_events``. msgpack bodies are
+the domain's own dataclasses (``Library``, ``Document``, ``Event``, the changes), so a field
+added to a model with a default is written and read without a change here. Embeddings are raw
+little-endian float32 bytes, decoded without a copy into read-only arrays.
 """
 
 from __future__ import annotations
@@ -27,10 +41,13 @@ from typing import IO, Any, Final, NamedTuple
 import msgspec
 import numpy as np
 
+from arrwdb.domain.changes import CHANGE_KINDS, Batch, Change
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library
 
-WAL_MAGIC: Final = b"AWL1"
+WAL_MAGIC: Final = b"AWL2"
+#: The log format before change positions (arrwDB 0.1 development builds): not read.
+OLD_WAL_MAGIC: Final = b"AWL1"
 SNAPSHOT_MAGIC: Final = b"AWS1"
 HEADER: Final = struct.Struct("<4sIQI")
 MAX_PAYLOAD: Final = 2**32 - 1
@@ -102,41 +119,99 @@ def intact_frame_in(data: bytes, magic: bytes, min_seq: int) -> int | None:
     return None
 
 
-# ---- records ---------------------------------------------------------------------------------
+# ---- log records -----------------------------------------------------------------------------
+
+RECORD_HEAD: Final = struct.Struct("<QIdIIH")
+#: Enough of a payload to hold any record's head (the library id is at most 256 characters).
+MAX_HEAD_BYTES: Final = RECORD_HEAD.size + 4 * 256
 
 
-class SaveLibrary(msgspec.Struct, tag="save_library"):
-    library: Library
-    event: Event | None = None
+class RecordHead(NamedTuple):
+    first: int
+    #: the number of changes
+    size: int
+    at: float
+    #: the one library of every change in the record, or "" if several
+    library: str
+    events_offset: int
+    events_length: int
+    events_crc: int
+
+    @property
+    def last(self) -> int:
+        return self.first + self.size - 1
+
+    @property
+    def changes_offset(self) -> int:
+        return self.events_offset + self.events_length
 
 
-class DeleteLibrary(msgspec.Struct, tag="delete_library"):
-    library_id: str
-    event: Event
+def encode_record(batch: Batch) -> bytes:
+    """The payload of the log record of ``batch``."""
+    changes = batch.changes
+    libraries = {change.library_id for change in changes}
+    library = (libraries.pop() if len(libraries) == 1 else "").encode()
+    events = ENCODER.encode(batch.events())
+    body = ENCODER.encode([(change.kind, change) for change in changes])
+    at = changes[-1].at.timestamp() if changes else 0.0
+    head = RECORD_HEAD.pack(
+        batch.first, len(changes), at, len(events), zlib.crc32(events), len(library)
+    )
+    return b"".join((head, library, events, body))
 
 
-class SaveDocuments(msgspec.Struct, tag="save_documents"):
-    library: Library
-    documents: list[Document]
-    events: list[Event]
+def read_head(payload: bytes | memoryview) -> RecordHead:
+    """The head of a record from the start of its payload (``MAX_HEAD_BYTES`` suffice).
+    Raises ``ValueError`` if it is not one."""
+    if len(payload) < RECORD_HEAD.size:
+        raise ValueError("record too short for its head")
+    first, count, at, events_length, events_crc, library_length = RECORD_HEAD.unpack_from(payload)
+    end = RECORD_HEAD.size + library_length
+    if len(payload) < end:
+        raise ValueError("record too short for its library id")
+    library = bytes(payload[RECORD_HEAD.size : end]).decode()
+    return RecordHead(first, count, at, library, end, events_length, events_crc)
 
 
-class DeleteDocument(msgspec.Struct, tag="delete_document"):
-    library: Library
-    document_id: str
-    event: Event
+def decode_events(head: RecordHead, events: bytes | memoryview) -> list[Event]:
+    """A record's events part (``head.events_length`` bytes). Raises ``ValueError`` if it is
+    damaged."""
+    if zlib.crc32(events) != head.events_crc:
+        raise ValueError("checksum mismatch in the events of a record")
+    try:
+        return EVENTS_DECODER.decode(events)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"unreadable events ({exc})") from None
 
 
-#: One committed write: the body of one log record.
-Operation = SaveLibrary | DeleteLibrary | SaveDocuments | DeleteDocument
+def decode_record(payload: bytes) -> Batch:
+    """The batch a record holds. Raises ``ValueError`` if it is unreadable."""
+    head = read_head(payload)
+    changes: list[Change] = []
+    try:
+        items = _ITEMS_DECODER.decode(memoryview(payload)[head.changes_offset :])
+        for kind, raw in items:
+            decoder = _CHANGE_DECODERS.get(kind)
+            if decoder is None:
+                raise ValueError(f"unknown kind of change {kind!r}")
+            changes.append(decoder.decode(raw))
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"unreadable changes ({exc})") from None
+    if len(changes) != head.size:
+        raise ValueError(f"record says {head.size} changes but holds {len(changes)}")
+    return Batch(head.first, tuple(changes))
+
+
+# ---- snapshots -------------------------------------------------------------------------------
 
 
 class SnapshotHeader(msgspec.Struct, tag="header"):
     format: int
+    #: the last log record the snapshot covers
     last_seq: int
     created_at: datetime
-    #: the last document position handed out (list cursors are positions); 0 in older files
-    document_seq: int = 0
+    #: the position of the last change it reflects
+    position: int = 0
 
 
 class LibraryItem(msgspec.Struct, tag="library"):
@@ -146,12 +221,14 @@ class LibraryItem(msgspec.Struct, tag="library"):
 class DocumentsItem(msgspec.Struct, tag="documents"):
     library_id: str
     documents: list[Document]
-    #: each document's position in its library's insertion order (``None`` in older files:
-    #: then numbered afresh), kept so that list cursors stay valid across a restart
-    positions: list[int] | None = None
+    #: each document's list position (the position of the change that added it), kept so
+    #: that list cursors stay valid across a restart
+    positions: list[int]
 
 
 class EventsItem(msgspec.Struct, tag="events"):
+    """The latest events, oldest first (the event history of a store opened from it)."""
+
     events: list[Event]
 
 
@@ -181,9 +258,11 @@ def _dec_hook(kind: Any, obj: Any) -> Any:
 
 
 ENCODER: Final = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
-OPERATION_DECODER: Final[msgspec.msgpack.Decoder[Operation]] = msgspec.msgpack.Decoder(
-    Operation, dec_hook=_dec_hook
-)
+EVENTS_DECODER: Final[msgspec.msgpack.Decoder[list[Event]]] = msgspec.msgpack.Decoder(list[Event])
+_ITEMS_DECODER: Final = msgspec.msgpack.Decoder(list[tuple[str, msgspec.Raw]])
+_CHANGE_DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
+    kind: msgspec.msgpack.Decoder(cls, dec_hook=_dec_hook) for kind, cls in CHANGE_KINDS.items()
+}
 SNAPSHOT_DECODER: Final[msgspec.msgpack.Decoder[SnapshotItem]] = msgspec.msgpack.Decoder(
     SnapshotItem, dec_hook=_dec_hook
 )

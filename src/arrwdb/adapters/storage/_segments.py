@@ -11,7 +11,15 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import NamedTuple
 
-from arrwdb.adapters.storage._codec import WAL_MAGIC, FrameError, intact_frame_in, iter_frames
+from arrwdb.adapters.storage._codec import (
+    HEADER,
+    MAX_HEAD_BYTES,
+    OLD_WAL_MAGIC,
+    WAL_MAGIC,
+    FrameError,
+    intact_frame_in,
+    iter_frames,
+)
 from arrwdb.domain.errors import StorageError
 
 logger = logging.getLogger("arrwdb.storage")
@@ -67,21 +75,26 @@ class SegmentFile:
 
 class WalRecord(NamedTuple):
     seq: int
+    #: the whole payload, or only its first ``MAX_HEAD_BYTES`` when ``complete`` is false
     payload: bytes
     path: Path
+    #: where the record's frame starts in the file
     offset: int
+    #: the payload's length
+    length: int
+    complete: bool = True
 
 
-def read_segment(
-    path: Path, expected: int, after: int, *, last: bool
-) -> Generator[WalRecord, None, int]:
-    """Yield the records of one segment numbered above ``after``; return the next number.
+def read_segment(path: Path, expected: int, *, last: bool) -> Generator[WalRecord, None, int]:
+    """Yield the records of one segment, checked; return the next number.
 
     ``expected`` is the number its first record must have. Damage in the ``last`` segment with
     nothing intact after it is a torn tail: cut off with a warning. Any other damage raises
     ``StorageError`` naming the file and the byte offset."""
     try:
         with path.open("rb") as file:
+            _check_format(path, file.read(len(WAL_MAGIC)))
+            file.seek(0)
             try:
                 for frame in iter_frames(file, WAL_MAGIC):
                     if frame.seq != expected:
@@ -92,8 +105,9 @@ def read_segment(
                             offset=frame.offset,
                         )
                     expected += 1
-                    if frame.seq > after:
-                        yield WalRecord(frame.seq, frame.payload, path, frame.offset)
+                    yield WalRecord(
+                        frame.seq, frame.payload, path, frame.offset, len(frame.payload)
+                    )
             except FrameError as exc:
                 file.seek(exc.offset + 1)
                 if not last or intact_frame_in(file.read(), WAL_MAGIC, expected) is not None:
@@ -106,6 +120,47 @@ def read_segment(
     except OSError as exc:
         raise storage_error("could not read the write-ahead log", path, exc) from exc
     return expected
+
+
+def scan_heads(path: Path, expected: int) -> Generator[WalRecord, None, int]:
+    """Yield the records of a segment that a snapshot covers, reading only the start of each
+    payload (``complete`` false; checksums are not verified: these records are only read
+    back for their events, which have a checksum of their own). Stops with a warning at the
+    first frame that cannot be read. Returns the number after the last one yielded."""
+    try:
+        with path.open("rb") as file:
+            _check_format(path, file.read(len(WAL_MAGIC)))
+            offset = 0
+            while True:
+                file.seek(offset)
+                head = file.read(HEADER.size)
+                if not head:
+                    return expected
+                if len(head) < HEADER.size:
+                    break
+                magic, length, seq, _ = HEADER.unpack(head)
+                if magic != WAL_MAGIC or seq != expected:
+                    break
+                start = file.read(min(length, MAX_HEAD_BYTES))
+                yield WalRecord(seq, start, path, offset, length, complete=False)
+                expected += 1
+                offset += HEADER.size + length
+    except OSError as exc:
+        raise storage_error("could not read the write-ahead log", path, exc) from exc
+    logger.warning(
+        "write-ahead log %s: unreadable record at byte %d; history before it is lost", path, offset
+    )
+    return expected
+
+
+def _check_format(path: Path, magic: bytes) -> None:
+    if magic == OLD_WAL_MAGIC:
+        raise StorageError(
+            f"the write-ahead log {path} was written by an earlier development format of "
+            "arrwDB that this version does not read; export the data with the version that "
+            "wrote it, or start with an empty data directory",
+            path=str(path),
+        )
 
 
 def _cut_tail(path: Path, damage: FrameError) -> None:

@@ -1,9 +1,10 @@
 """Snapshot files: the whole state of a store as of one log record, written atomically.
 
 ``snapshot-<last seq, 20 digits>.snap`` is a sequence of frames (``_codec``, magic ``AWS1``)
-numbered 0, 1, 2, ...: a header (format, last record number), the libraries in creation order,
-each library's documents in insertion order (batches of about ``BATCH_CHUNKS`` chunks), the
-retained events oldest first, and an end frame that counts the frames before it. It is written
+numbered 0, 1, 2, ...: a header (format, last record number, last position), the libraries in
+creation order, each library's documents in listing order with their list positions (batches
+of about ``BATCH_CHUNKS`` chunks), the latest events (the event history of a store opened from
+the file alone, such as a backup), and an end frame that counts the frames before it. It is written
 to ``<name>.tmp``, fsynced, renamed with ``os.replace`` and the directory fsynced, so a name
 ending in ``.snap`` always denotes a complete file; a ``.tmp`` left by a crash is deleted on open.
 """
@@ -39,21 +40,25 @@ from arrwdb.domain.errors import StorageError
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library, utcnow
 
-FORMAT: Final = 1
+#: 2: positions (the header's, and every document's list position). 1 (development builds
+#: before positions) is not read.
+FORMAT: Final = 2
 BATCH_CHUNKS: Final = 1024
 BATCH_EVENTS: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class SnapshotState:
-    """What a snapshot holds: the state after record ``last_seq``."""
+    """What a snapshot holds: the state after record ``last_seq``, i.e. position
+    ``position``."""
 
     last_seq: int
     libraries: list[Library]
-    #: library id -> (position, document) in insertion order
+    #: library id -> (list position, document) in listing order
     documents: dict[str, list[tuple[int, Document]]]
+    position: int
+    #: the latest events, oldest first, ending at ``position``
     events: list[Event]
-    document_seq: int = 0
 
 
 def snapshot_name(last_seq: int) -> str:
@@ -100,10 +105,7 @@ def write_snapshot(directory: Path, state: SnapshotState) -> Path:
 
 def _items(state: SnapshotState) -> Iterator[SnapshotItem]:
     yield SnapshotHeader(
-        format=FORMAT,
-        last_seq=state.last_seq,
-        created_at=utcnow(),
-        document_seq=state.document_seq,
+        format=FORMAT, last_seq=state.last_seq, created_at=utcnow(), position=state.position
     )
     for library in state.libraries:
         yield LibraryItem(library=library)
@@ -149,11 +151,7 @@ def read_snapshot(path: Path) -> Iterator[SnapshotItem]:
                 offset = frame.offset
                 if frame.seq != expected:
                     raise _corrupt(path, offset, f"item {frame.seq} where {expected} was expected")
-                item = SNAPSHOT_DECODER.decode(frame.payload)
-                if expected == 0 and not (
-                    isinstance(item, SnapshotHeader) and item.format == FORMAT
-                ):
-                    raise _corrupt(path, offset, "not a snapshot of a known format")
+                item = _decode_item(path, offset, expected, frame.payload)
                 if isinstance(item, SnapshotEnd):
                     if item.items != expected or file.read(1):
                         raise _corrupt(path, offset, "end marker in the wrong place")
@@ -166,6 +164,29 @@ def read_snapshot(path: Path) -> Iterator[SnapshotItem]:
         raise _corrupt(path, offset, f"unreadable item ({exc})") from None
     except OSError as exc:
         raise storage_error("could not read snapshot", path, exc) from exc
+
+
+def _decode_item(path: Path, offset: int, number: int, payload: bytes) -> SnapshotItem:
+    if number:
+        return SNAPSHOT_DECODER.decode(payload)
+    header = _HEADER_DECODER.decode(payload)  # the format first, whatever the rest
+    if header.format != FORMAT:
+        if header.format == 1:
+            raise StorageError(
+                f"the snapshot {path} was written by an earlier development format of arrwDB "
+                "that this version does not read; export the data with the version that wrote "
+                "it, or start with an empty data directory",
+                path=str(path),
+            )
+        raise _corrupt(path, offset, f"not a snapshot of a known format ({header.format})")
+    return SNAPSHOT_DECODER.decode(payload)
+
+
+class _Format(msgspec.Struct, tag="header"):
+    format: int
+
+
+_HEADER_DECODER = msgspec.msgpack.Decoder(_Format)
 
 
 def _corrupt(path: Path, offset: int, reason: str) -> StorageError:

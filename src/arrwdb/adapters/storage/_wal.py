@@ -40,6 +40,7 @@ from arrwdb.adapters.storage._segments import (
     fsync_directory,
     list_segments,
     read_segment,
+    scan_heads,
     segment_name,
     storage_error,
 )
@@ -51,6 +52,17 @@ DEFAULT_SEGMENT_BYTES: Final = 64 * 1024 * 1024
 HEADER_SIZE: Final = HEADER.size
 
 logger = logging.getLogger("arrwdb.storage")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLocation:
+    """Where ``write`` put a record: its number, its segment file, the offset of its frame
+    and the length of its payload."""
+
+    seq: int
+    path: Path
+    offset: int
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +111,10 @@ class WriteAheadLog:
     # ---- recovery ----------------------------------------------------------------------------
 
     def recover(self, after: int) -> Iterator[WalRecord]:
-        """Yield every record numbered above ``after`` (the snapshot's last), in order; then
-        make the log ready to append. Cuts off a torn tail; raises ``StorageError`` on damage
-        elsewhere or on a gap."""
+        """Yield every record kept, in order, then make the log ready to append: those a
+        snapshot covers (numbered up to ``after``) as far as they are kept (in whole segments
+        only their heads: ``complete`` false), then every later record, checked. Cuts off a
+        torn tail; raises ``StorageError`` on damage elsewhere after ``after``, or on a gap."""
         if self._file is not None or self._closed:
             raise RuntimeError("the log is already open")
         segments = list_segments(self.directory)
@@ -117,6 +130,10 @@ class WriteAheadLog:
                 f"{expected - 1}: they are in neither the snapshot nor the log",
                 path=str(self.directory),
             )
+        for first, path in covered:
+            # only read back for their events: a damaged one ends what is yielded of it (the
+            # reader sees the gap in the numbers), it does not stop the store from opening
+            yield from scan_heads(path, first)
         for index, (first, path) in enumerate(segments):
             if first != expected:
                 raise StorageError(
@@ -126,15 +143,13 @@ class WriteAheadLog:
                     offset=0,
                 )
             last = index == len(segments) - 1
-            expected = yield from read_segment(path, expected, after, last=last)
-        for _, path in covered:
-            path.unlink(missing_ok=True)
+            expected = yield from read_segment(path, expected, last=last)
         if expected <= after:
             # The snapshot is ahead of the log (fsync=never and a power loss): start after it.
-            for _, path in segments:
+            for _, path in [*covered, *segments]:
                 path.unlink(missing_ok=True)
-            segments, expected = [], after + 1
-        self._start(segments, expected)
+            covered, segments, expected = [], [], after + 1
+        self._start([*covered, *segments], expected)
 
     def _start(self, segments: list[tuple[int, Path]], next_seq: int) -> None:
         try:
@@ -160,12 +175,12 @@ class WriteAheadLog:
 
     def append(self, payload: bytes) -> int:
         """Write one record and wait until it is as durable as the policy promises."""
-        seq = self.write(payload)
+        seq = self.write(payload).seq
         self.durable(seq)
         return seq
 
-    def write(self, payload: bytes) -> int:
-        """Hand one record to the OS (survives a process crash); return its number."""
+    def write(self, payload: bytes) -> RecordLocation:
+        """Hand one record to the OS (survives a process crash); return where it is."""
         if len(payload) > MAX_PAYLOAD:
             raise StorageError(f"a write of {len(payload)} bytes exceeds the record size limit")
         payload_crc = zlib.crc32(payload)
@@ -179,12 +194,14 @@ class WriteAheadLog:
                 else:
                     self._roll()
             seq = self._next_seq
+            offset = self._size
             self._write_all((frame_header(WAL_MAGIC, seq, len(payload), payload_crc), payload))
             self._next_seq = seq + 1
             self._size += size
             self._appends += 1
             self._bytes += size
-            return seq
+            assert self._file is not None
+            return RecordLocation(seq, self._file.path, offset, len(payload))
 
     def durable(self, seq: int) -> None:
         """Return once record ``seq`` is as durable as the policy promises (``always``: fsynced,
@@ -209,7 +226,8 @@ class WriteAheadLog:
                 self._roll()
 
     def drop_before(self, seq: int) -> int:
-        """Delete the closed segments whose records are all numbered below ``seq``."""
+        """Delete the closed segments whose records are all numbered below ``seq``; return
+        the number of the first record still kept."""
         with self._cond:
             keep = 0
             for index in range(1, len(self._segments)):
@@ -218,7 +236,8 @@ class WriteAheadLog:
             dropped, self._segments = self._segments[:keep], self._segments[keep:]
         for _, path in dropped:
             path.unlink(missing_ok=True)
-        return len(dropped)
+        with self._cond:
+            return self._segments[0][0] if self._segments else self._next_seq
 
     def _check_writable(self) -> None:
         if self._failure is not None:

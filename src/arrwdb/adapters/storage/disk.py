@@ -1,10 +1,11 @@
-"""Durable repository: a write-ahead log and snapshots in one data directory.
+"""The durable store: a write-ahead log of changes and snapshots in one data directory.
 
-State is served from memory (an ``InMemoryRepository`` held inside); the disk is for surviving
-restarts. Every write is encoded as one log record holding the change *and* its events, written
-to the log, made durable as the fsync policy promises, and only then applied in memory: a write
-that returned survives a crash, one that raised ``StorageError`` is not visible (see the caveat
-under "Failures"), and readers never see a change the log does not hold.
+The log is the truth. A write is ordered (its rule checked against ``_head``, the state every
+ordered write leaves, and its changes given their positions), encoded as one record, written to
+the log, made durable as the fsync policy promises, and only then applied to ``_visible``, the
+tables reads are served from (in memory): a write that returned survives a crash, one that
+raised ``StorageError`` is not visible (see the caveat under "Failures"), and readers never see a
+change the log does not hold.
 
 Data directory
 --------------
@@ -14,21 +15,25 @@ Data directory
 ``wal-<first record>.log``
     Log segments (format: ``_segments``/``_wal``): frames of 20-byte header (magic ``AWL1``,
     u32 length, u64 record number, u32 crc32) + msgpack payload, numbered from 1 without gaps.
-    A payload is one of ``save_library``, ``delete_library``, ``save_documents``,
-    ``delete_document`` (``_codec``), carrying the domain records and their events; embeddings
-    are raw little-endian float32 bytes. A segment is closed at ``segment_bytes`` (64 MiB).
+    A payload is one committed batch of changes at consecutive positions, with their change
+    events in a part of their own (``_codec``); embeddings are raw little-endian float32
+    bytes. A segment is closed at ``segment_bytes`` (64 MiB).
 ``snapshot-<last record>.snap``
-    The whole state after that record plus the retained events (format: ``_snapshot``), written
-    to a ``.tmp`` file, fsynced, renamed atomically, directory fsynced. Taken every
+    The whole state after that record and its position (format: ``_snapshot``), written to a
+    ``.tmp`` file, fsynced, renamed atomically, directory fsynced. Taken every
     ``snapshot_every`` records or ``snapshot_bytes`` of log (in a background thread unless
-    ``background_snapshots=False``); then older snapshots and the log segments whose records
-    are all in it are deleted.
+    ``background_snapshots=False``); then older snapshots are deleted, and so are the log
+    segments whose records are all in it and that the event history no longer needs (it keeps
+    at least the last ``history_size`` positions, of age below ``history_max_age`` if set).
 
-Recovery on open: load the newest snapshot, replay the log records after it. A torn record at
-the end of the last segment (a crash mid-write) is cut off with a warning on the
-``arrwdb.storage`` logger. Damage anywhere else (a snapshot, a middle record, a gap in the
-numbering) refuses to open with ``StorageError`` naming the file and byte offset: nothing is
-silently dropped that a later record depends on.
+Recovery on open: load the newest snapshot, replay the log records after it, index the records
+kept for the event history. A torn record at the end of the last segment (a crash mid-write) is
+cut off with a warning on the ``arrwdb.storage`` logger. Damage anywhere else after the snapshot
+(a snapshot, a middle record, a gap in the numbering) refuses to open with ``StorageError``
+naming the file and byte offset: nothing is silently dropped that a later record depends on.
+
+The change stream reads the log back (``EventHistory``, ``_records``): a subscriber that fell
+behind the hub's memory reads the events of the records kept.
 
 Guarantees by ``fsync`` policy
 ------------------------------
@@ -48,9 +53,8 @@ accepting later writes. A failed fsync is different: the kernel may have dropped
 the store stops accepting writes (``check()`` raises) and keeps serving reads. The unacknowledged
 record is cut off on a best-effort basis; if that fails too, it may reappear after a restart.
 
-Events: the last ``event_retention`` events (and, with ``event_max_age``, only those younger)
-are kept across snapshots and returned by ``recent_events``, so event ids continue after a
-restart. ``snapshot_to(dir)`` writes a consistent backup that opens as a store on its own.
+Positions (event ids) continue after a restart. ``snapshot_to(dir)`` writes a consistent
+backup that opens as a store on its own (with no event history before its position).
 """
 
 from __future__ import annotations
@@ -59,27 +63,21 @@ import contextlib
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
-import msgspec
-
 from arrwdb.adapters.storage._codec import (
-    ENCODER,
-    OPERATION_DECODER,
-    DeleteDocument,
-    DeleteLibrary,
+    MAX_HEAD_BYTES,
     DocumentsItem,
     EventsItem,
     LibraryItem,
-    Operation,
-    SaveDocuments,
-    SaveLibrary,
     SnapshotHeader,
+    decode_record,
+    encode_record,
 )
 from arrwdb.adapters.storage._lockfile import lock_directory
+from arrwdb.adapters.storage._records import RecordIndex
 from arrwdb.adapters.storage._segments import SegmentFile, WalRecord, logger, storage_error
 from arrwdb.adapters.storage._snapshot import (
     SnapshotState,
@@ -91,24 +89,33 @@ from arrwdb.adapters.storage._snapshot import (
 from arrwdb.adapters.storage._wal import (
     DEFAULT_SEGMENT_BYTES,
     FsyncPolicy,
+    RecordLocation,
     WalStatistics,
     WriteAheadLog,
 )
-from arrwdb.adapters.storage.memory import InMemoryRepository
-from arrwdb.domain.errors import StorageError
+from arrwdb.adapters.storage.memory import Done
+from arrwdb.domain.catalog import Catalog, Entry
+from arrwdb.domain.changes import Batch
+from arrwdb.domain.errors import HistoryLostError, StorageError
 from arrwdb.domain.events import Event
-from arrwdb.domain.models import Document, Library, Page, utcnow
+from arrwdb.domain.models import Document, Library, Page
+from arrwdb.domain.ports import Build
+
+#: Recent durable batches kept in memory for the projector (older ones are read from the log).
+TAIL_BATCHES = 16
 
 
 @dataclass(frozen=True, slots=True)
 class DiskStatistics:
     last_seq: int
     snapshot_seq: int
+    position: int
     wal: WalStatistics
 
 
-class DiskRepository:
-    """Implements ``arrwdb.domain.ports.Repository`` durably in the directory ``path``."""
+class DiskStore:
+    """Implements ``arrwdb.domain.ports.Store``, ``EventHistory`` and ``Backup`` durably in the
+    directory ``path``. ``start()`` (or ``with``) opens it."""
 
     def __init__(
         self,
@@ -120,117 +127,154 @@ class DiskRepository:
         snapshot_every: int = 10_000,
         snapshot_bytes: int = 256 * 1024 * 1024,
         background_snapshots: bool = True,
-        event_retention: int = 10_000,
-        event_max_age: timedelta | None = None,
+        history_size: int = 10_000,
+        history_max_age: float | None = None,
         open_segment: Callable[[Path], SegmentFile] = SegmentFile,
     ) -> None:
         self.path = Path(path)
+        self._fsync = fsync
+        self._fsync_interval_ms = fsync_interval_ms
+        self._segment_bytes = segment_bytes
+        self._open_segment = open_segment
         self._snapshot_every = snapshot_every
         self._snapshot_bytes = snapshot_bytes
         self._background = background_snapshots
-        self._event_max_age = event_max_age
-        self._mem = InMemoryRepository()
-        self._events: deque[Event] = deque(maxlen=event_retention)
-        # Records are applied in log order; _state guards _applied, _events and the counters.
+        self._history_size = max(1, history_size)
+        self._history_max_age = history_max_age
+        self._order = threading.Lock()  # writes are put in order under it
+        self._head = Catalog()  # the state every ordered write leaves
+        # Records are applied in log order; _state guards _visible, _applied, _tail, counters.
         self._state = threading.Condition(threading.Lock())
+        self._visible = Catalog()
+        self._tail: deque[Batch] = deque(maxlen=TAIL_BATCHES)
+        self._index = RecordIndex(history_max_age)
         self._applied = 0
         self._since_snapshot = 0
         self._snapshot_seq = 0
         self._snapshot_mark = 0  # log bytes written when the last snapshot was captured
         self._snapshot_lock = threading.Lock()
         self._snapshotter: threading.Thread | None = None
+        self._wal: WriteAheadLog | None = None
+        self._lock_fd: int | None = None
         self._closed = False
+
+    # ---- opening -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the directory: take its lock, load the newest snapshot, replay the log.
+        Raises ``StorageError``."""
+        if self._wal is not None or self._closed:
+            raise RuntimeError("a DiskStore is started once")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error("could not create the data directory", self.path, exc) from exc
-        self._wal = WriteAheadLog(
+        wal = WriteAheadLog(
             self.path,
-            fsync=fsync,
-            interval_ms=fsync_interval_ms,
-            segment_bytes=segment_bytes,
-            open_segment=open_segment,
+            fsync=self._fsync,
+            interval_ms=self._fsync_interval_ms,
+            segment_bytes=self._segment_bytes,
+            open_segment=self._open_segment,
         )
         self._lock_fd = lock_directory(self.path)
+        self._wal = wal
         try:
-            self._recover()
+            self._recover(wal)
         except BaseException:
-            self._wal.abandon()
+            wal.abandon()
             os.close(self._lock_fd)
+            self._closed = True
             raise
 
-    # ---- opening -----------------------------------------------------------------------------
-
-    def _recover(self) -> None:
+    def _recover(self, wal: WriteAheadLog) -> None:
         remove_temporaries(self.path)
         snapshots = list_snapshots(self.path)
         if snapshots:
             self._snapshot_seq = self._load_snapshot(snapshots[-1][1])
-        for record in self._wal.recover(after=self._snapshot_seq):
-            self._apply(_decode(record))
+        visible = self._visible
+        for record in wal.recover(after=self._snapshot_seq):
+            self._index.add(
+                record.seq,
+                record.payload[:MAX_HEAD_BYTES],
+                record.path,
+                record.offset,
+                record.length,
+            )
+            if record.seq <= self._snapshot_seq:
+                continue
+            batch = _decode(record)
+            if batch.first != visible.position + 1:
+                raise StorageError(
+                    f"corrupt write-ahead log {record.path} at byte {record.offset}: record "
+                    f"{record.seq} starts at position {batch.first}, where "
+                    f"{visible.position + 1} was expected",
+                    path=str(record.path),
+                    offset=record.offset,
+                )
+            visible.apply(batch)
             self._since_snapshot += 1
-        self._applied = self._wal.last_seq
+        self._applied = wal.last_seq
+        self._index.drop_before(wal.drop_before(0))  # records whose segments are gone
+        self._head = visible.copy()
         for _, path in snapshots[:-1]:
             path.unlink(missing_ok=True)
+        self._drop_history()
 
     def _load_snapshot(self, path: Path) -> int:
         last_seq = position = 0
-        libraries: dict[str, Library] = {}
+        libraries: list[Library] = []
+        entries: dict[str, list[Entry]] = {}
+        events: list[Event] = []
         for item in read_snapshot(path):
             if isinstance(item, SnapshotHeader):
-                last_seq, position = item.last_seq, item.document_seq
+                last_seq, position = item.last_seq, item.position
             elif isinstance(item, LibraryItem):
-                libraries[item.library.id] = item.library
-                self._mem.save_library(item.library, None)
+                libraries.append(item.library)
+                entries[item.library.id] = []
             elif isinstance(item, DocumentsItem):
-                library = libraries.get(item.library_id)
-                if library is None:
+                if item.library_id not in entries or len(item.positions) != len(item.documents):
                     raise StorageError(
                         f"corrupt snapshot {path}: documents of unknown library "
                         f"{item.library_id!r}",
                         path=str(path),
                     )
-                if item.positions is None or len(item.positions) != len(item.documents):
-                    self._mem.save_documents(library, item.documents, ())  # an older file
-                else:
-                    entries = list(zip(item.positions, item.documents, strict=True))
-                    self._mem.restore_entries(library, entries)
+                entries[item.library_id].extend(zip(item.positions, item.documents, strict=True))
             elif isinstance(item, EventsItem):
-                self._events.extend(item.events)
-        self._mem.continue_after(position)
+                events.extend(item.events)
+        self._visible.restore(position, libraries, entries)
+        if events and events[-1].seq == position:
+            self._index.seed(events)
         return last_seq
 
-    # ---- writes ------------------------------------------------------------------------------
+    # ---- the change log ----------------------------------------------------------------------
 
-    def save_library(self, library: Library, event: Event | None) -> PendingWrite:
-        return self._commit(SaveLibrary(library=library, event=event))
+    def write(self, build: Build) -> PendingWrite | Done:
+        """Order a write (``ports.ChangeLog.write``); its record is appended under the ordering
+        lock, so the log holds records in position order."""
+        with self._order:
+            wal = self._writable()
+            batch = Batch(self._head.position + 1, tuple(build(self._head)))
+            if not batch.changes:
+                return Done(batch)
+            payload = encode_record(batch)
+            location = wal.write(payload)  # StorageError: nothing happened
+            self._head.apply(batch)
+        return PendingWrite(self, location, batch, payload[:MAX_HEAD_BYTES])
 
-    def delete_library(self, library_id: str, event: Event) -> PendingWrite:
-        return self._commit(DeleteLibrary(library_id=library_id, event=event))
+    def _writable(self) -> WriteAheadLog:
+        if self._wal is None or self._closed:
+            raise StorageError(f"the store at {self.path} is not open")
+        return self._wal
 
-    def save_documents(
-        self, library: Library, documents: Sequence[Document], events: Sequence[Event]
-    ) -> PendingWrite:
-        return self._commit(
-            SaveDocuments(library=library, documents=list(documents), events=list(events))
-        )
-
-    def delete_document(self, library: Library, document_id: str, event: Event) -> PendingWrite:
-        return self._commit(DeleteDocument(library=library, document_id=document_id, event=event))
-
-    def _commit(self, operation: Operation) -> PendingWrite:
-        """Append the record (in call order); ``PendingWrite.wait`` does the rest."""
-        payload = ENCODER.encode(operation)
-        if self._closed:
-            raise StorageError(f"the store at {self.path} is closed")
-        return PendingWrite(self, self._wal.write(payload), operation)
-
-    def _finish(self, seq: int, operation: Operation) -> None:
-        """Wait until record ``seq`` is durable (sharing the fsync with the records appended
-        meanwhile), then apply it in memory after every earlier record."""
+    def _finish(self, pending: PendingWrite) -> Batch:
+        """Wait until the record is durable (sharing the fsync with the records appended
+        meanwhile), then make it visible after every earlier record."""
+        wal = self._writable()
+        location, batch = pending.location, pending.batch
+        seq = location.seq
         failure: StorageError | None = None
         try:
-            self._wal.durable(seq)
+            wal.durable(seq)
         except StorageError as exc:
             failure = exc
         with self._state:
@@ -238,7 +282,11 @@ class DiskRepository:
                 self._state.wait()
             try:
                 if failure is None:
-                    self._apply(operation)
+                    self._visible.apply(batch)
+                    self._tail.append(batch)
+                    self._index.add(
+                        seq, pending.head, location.path, location.offset, location.length
+                    )
                     self._since_snapshot += 1
             finally:
                 self._applied = seq
@@ -246,80 +294,93 @@ class DiskRepository:
         if failure is not None:
             raise failure
         self._maybe_snapshot()
+        return batch
 
-    def _apply(self, operation: Operation) -> None:
-        mem = self._mem
-        if isinstance(operation, SaveLibrary):
-            mem.save_library(operation.library, operation.event)
-            events = [] if operation.event is None else [operation.event]
-        elif isinstance(operation, DeleteLibrary):
-            mem.delete_library(operation.library_id, operation.event)
-            events = [operation.event]
-        elif isinstance(operation, SaveDocuments):
-            mem.save_documents(operation.library, operation.documents, operation.events)
-            events = operation.events
-        else:
-            mem.delete_document(operation.library, operation.document_id, operation.event)
-            events = [operation.event]
-        self._events.extend(events)
+    def read(self, after: int, limit: int) -> list[Batch]:
+        with self._state:
+            head = self._visible.position
+            tail = {batch.first: batch for batch in self._tail}
+        return self._index.batches_after(after, limit, head, tail.get)
+
+    @property
+    def head(self) -> int:
+        return self._visible.position
+
+    def wait_for(self, after: int, timeout: float | None = None) -> int:
+        with self._state:
+            self._state.wait_for(lambda: self._visible.position > after or self._closed, timeout)
+            return self._visible.position
+
+    # ---- the event history -------------------------------------------------------------------
+
+    @property
+    def earliest(self) -> int:
+        return self._index.earliest(self.head)
+
+    def events_after(
+        self, after: int, limit: int, library_id: str | None, until: int
+    ) -> tuple[list[Event], int]:
+        return self._index.events_after(after, limit, library_id, until, self.head)
 
     # ---- reads -------------------------------------------------------------------------------
 
-    def get_library(self, library_id: str) -> Library | None:
-        return self._mem.get_library(library_id)
-
     def list_libraries(self) -> list[Library]:
-        return self._mem.list_libraries()
+        with self._state:
+            return self._visible.libraries()
 
     def get_document(self, library_id: str, document_id: str) -> Document | None:
-        return self._mem.get_document(library_id, document_id)
+        with self._state:
+            return self._visible.document(library_id, document_id)
 
     def list_documents(self, library_id: str, limit: int, cursor: str | None) -> Page:
-        return self._mem.list_documents(library_id, limit, cursor)
+        with self._state:
+            return self._visible.page(library_id, limit, cursor)
 
     def iter_documents(self, library_id: str) -> Iterator[Document]:
-        return self._mem.iter_documents(library_id)
-
-    def recent_events(self, limit: int) -> list[Event]:
-        if limit <= 0:
-            return []
         with self._state:
-            events = self._retained_events()
-        return events[-limit:]
-
-    def _retained_events(self) -> list[Event]:
-        if self._event_max_age is None:
-            return list(self._events)
-        oldest = utcnow() - self._event_max_age
-        return [event for event in self._events if event.timestamp >= oldest]
+            entries = self._visible.entries(library_id)
+        for _, doc in entries:
+            yield doc
 
     # ---- snapshots ---------------------------------------------------------------------------
 
     def snapshot(self) -> int:
         """Write a snapshot of the current state now; return the last record it covers."""
         with self._snapshot_lock:
-            if self._closed:
-                raise StorageError(f"the store at {self.path} is closed")
+            wal = self._writable()
             state = self._capture()
             if state.last_seq == self._snapshot_seq:
                 return state.last_seq
             with contextlib.suppress(StorageError):  # a new segment only speeds up cleanup
-                self._wal.roll()
+                wal.roll()
             write_snapshot(self.path, state)
             previous, self._snapshot_seq = self._snapshot_seq, state.last_seq
-            self._wal.drop_before(state.last_seq + 1)
+            self._drop_history()
             with contextlib.suppress(OSError):
                 for seq, path in list_snapshots(self.path):
                     if seq <= previous:
                         path.unlink()
             return state.last_seq
 
+    def _drop_history(self) -> None:
+        """Delete the log segments that the snapshot covers and the event history no longer
+        needs (it keeps the last ``history_size`` positions, younger than the maximum age)."""
+        wal = self._wal
+        if wal is None:
+            return
+        head = self.head
+        keep = head - self._history_size + 1
+        if self._history_max_age is not None:
+            keep = max(keep, self._index.earliest(head))
+        needed = self._index.seq_holding(keep) if keep <= head else None
+        first = self._snapshot_seq + 1 if needed is None else min(needed, self._snapshot_seq + 1)
+        self._index.drop_before(wal.drop_before(first))
+
     def snapshot_to(self, destination: str | os.PathLike[str]) -> Path:
         """Write a consistent copy of the store into the empty (or new) directory
-        ``destination``; it opens as a ``DiskRepository`` on its own. Returns the file."""
+        ``destination``; it opens as a ``DiskStore`` on its own. Returns the file."""
         target = Path(destination)
-        if self._closed:
-            raise StorageError(f"the store at {self.path} is closed")
+        self._writable()
         try:
             target.mkdir(parents=True, exist_ok=True)
             if any(target.iterdir()):
@@ -329,24 +390,37 @@ class DiskRepository:
         return write_snapshot(target, self._capture())
 
     def _capture(self) -> SnapshotState:
+        wal = self._writable()
         with self._state:
-            libraries = self._mem.list_libraries()
-            documents = {lib.id: self._mem.entries(lib.id) for lib in libraries}
+            visible = self._visible
+            libraries = visible.libraries()
+            documents = {lib.id: visible.entries(lib.id) for lib in libraries}
             self._since_snapshot = 0
-            self._snapshot_mark = self._wal.bytes_written
-            return SnapshotState(
-                self._applied,
-                libraries,
-                documents,
-                self._retained_events(),
-                document_seq=self._mem.position,
-            )
+            self._snapshot_mark = wal.bytes_written
+            position, applied = visible.position, self._applied
+        # read outside the lock: the log's records, up to what the snapshot covers
+        events: list[Event] = []
+        after = max(0, position - self._history_size, self._index.earliest(position) - 1)
+        with contextlib.suppress(HistoryLostError):
+            while after < position:
+                page, through = self._index.events_after(
+                    after, self._history_size, None, position, position
+                )
+                if through <= after:
+                    break
+                events.extend(page)
+                after = through
+        if events and (
+            events[-1].seq != position or events[-1].seq - events[0].seq + 1 != len(events)
+        ):
+            events = []  # not the unbroken tail of the history: keep none
+        return SnapshotState(applied, libraries, documents, position, events)
 
     def _maybe_snapshot(self) -> None:
+        wal = self._wal
         with self._state:
-            due = (
-                self._since_snapshot >= self._snapshot_every
-                or self._wal.bytes_written - self._snapshot_mark >= self._snapshot_bytes
+            due = self._since_snapshot >= self._snapshot_every or (
+                wal is not None and wal.bytes_written - self._snapshot_mark >= self._snapshot_bytes
             )
             if not due or self._closed:
                 return
@@ -371,48 +445,60 @@ class DiskRepository:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def statistics(self) -> DiskStatistics:
+        wal = self._writable()
         return DiskStatistics(
-            last_seq=self._applied, snapshot_seq=self._snapshot_seq, wal=self._wal.statistics()
+            last_seq=self._applied,
+            snapshot_seq=self._snapshot_seq,
+            position=self.head,
+            wal=wal.statistics(),
         )
 
     def check(self) -> None:
-        if self._closed:
-            raise StorageError(f"the store at {self.path} is closed")
-        failure = self._wal.failure
+        wal = self._writable()
+        failure = wal.failure
         if failure is not None:
             raise StorageError(f"the store at {self.path} cannot write: {failure}")
 
-    def close(self) -> None:
+    def stop(self) -> None:
         """Wait for a running snapshot, fsync the log, release the directory. Idempotent."""
         if not self._shut_down():
             return
+        wal, lock_fd = self._wal, self._lock_fd
+        assert wal is not None
+        assert lock_fd is not None
         try:
-            self._wal.close()
+            wal.close()
         finally:
-            os.close(self._lock_fd)
+            os.close(lock_fd)
 
     def _abandon(self) -> None:
         """Let go of the directory as a killed process would: no fsync (for crash tests)."""
         if self._shut_down():
-            self._wal.abandon()
-            os.close(self._lock_fd)
+            wal, lock_fd = self._wal, self._lock_fd
+            assert wal is not None
+            assert lock_fd is not None
+            wal.abandon()
+            os.close(lock_fd)
 
     def _shut_down(self) -> bool:
         with self._state:
-            if self._closed:
+            if self._closed or self._wal is None:
+                self._closed = True
                 return False
             self._closed = True
             snapshotter = self._snapshotter
+            self._state.notify_all()
         if snapshotter is not None:
             snapshotter.join()
         with self._snapshot_lock:  # one that a caller started is done too
             return True
 
-    def __enter__(self) -> DiskRepository:
+    def __enter__(self) -> DiskStore:
+        self.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        self.stop()
 
 
 class PendingWrite:
@@ -421,25 +507,27 @@ class PendingWrite:
     Every pending write must be waited for, in any order: records are applied in log order, so
     one that is never waited for holds back every later one."""
 
-    __slots__ = ("_operation", "_repository", "_waited", "seq")
+    __slots__ = ("_repository", "_result", "batch", "head", "location")
 
-    def __init__(self, repository: DiskRepository, seq: int, operation: Operation) -> None:
+    def __init__(
+        self, repository: DiskStore, location: RecordLocation, batch: Batch, head: bytes
+    ) -> None:
         self._repository = repository
-        self.seq = seq
-        self._operation = operation
-        self._waited = False
+        self.location = location
+        self.batch = batch
+        self.head = head
+        self._result: Batch | None = None
 
-    def wait(self) -> None:
-        if self._waited:
-            return
-        self._waited = True
-        self._repository._finish(self.seq, self._operation)
+    def wait(self) -> Batch:
+        if self._result is None:
+            self._result = self._repository._finish(self)
+        return self._result
 
 
-def _decode(record: WalRecord) -> Operation:
+def _decode(record: WalRecord) -> Batch:
     try:
-        return OPERATION_DECODER.decode(record.payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return decode_record(record.payload)
+    except ValueError as exc:
         raise StorageError(
             f"corrupt write-ahead log {record.path} at byte {record.offset}: record "
             f"{record.seq} is unreadable ({exc})",

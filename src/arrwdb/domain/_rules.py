@@ -1,0 +1,155 @@
+"""The write rules: what each write checks, and the changes it makes, against the state every
+earlier write leaves (``ports.Head``).
+
+Each function returns a ``Build``: the service hands it to the store, which runs it where the
+writes are put in order (``ChangeLog.write``), so a check and the write it guards can never be
+separated by another write, and a read-modify-write (a PATCH) reads the version it replaces
+under the same ordering as the write itself. A build raises the domain error of a broken rule,
+and then nothing is written. Everything slow (chunking, embedding, validating vectors) is done
+before, outside the ordering (``_documents.DocumentBuilder.prepare``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from arrwdb.domain._documents import PreparedBatch
+from arrwdb.domain.changes import (
+    Change,
+    DocumentDeleted,
+    DocumentSaved,
+    LibraryCreated,
+    LibraryDeleted,
+    LibraryUpdated,
+)
+from arrwdb.domain.errors import (
+    AlreadyExistsError,
+    DimensionMismatchError,
+    DocumentNotFoundError,
+    LibraryNotFoundError,
+)
+from arrwdb.domain.models import Document, Library, utcnow
+from arrwdb.domain.ports import Build, Head
+
+
+def create_library(library: Library) -> Build:
+    def build(head: Head) -> Sequence[Change]:
+        if head.library_named(library.name) is not None:
+            raise AlreadyExistsError(
+                f"a library named {library.name!r} already exists", name=library.name
+            )
+        return [LibraryCreated(library, library.created_at)]
+
+    return build
+
+
+def update_library(library_id: str, fields: Mapping[str, Any]) -> Build:
+    def build(head: Head) -> Sequence[Change]:
+        old = _library(head, library_id)
+        name = fields.get("name", old.name)
+        if name != old.name and head.library_named(name) is not None:
+            raise AlreadyExistsError(f"a library named {name!r} already exists", name=name)
+        at = utcnow()
+        new = replace(old, **fields, updated_at=at)
+        return [LibraryUpdated(new, tuple(sorted(fields)), at)]
+
+    return build
+
+
+def delete_library(library_id: str) -> Build:
+    def build(head: Head) -> Sequence[Change]:
+        old = _library(head, library_id)
+        return [LibraryDeleted(library_id, old.name, utcnow())]
+
+    return build
+
+
+def add_documents(library_id: str, batch: PreparedBatch) -> Build:
+    """New documents only: a given id that is taken (or given twice) is refused."""
+
+    def build(head: Head) -> Sequence[Change]:
+        _check_dimension(_library(head, library_id), batch)
+        seen: set[str] = set()
+        for doc in batch.documents:
+            if doc.id in seen or head.document(library_id, doc.id) is not None:
+                raise AlreadyExistsError(f"document id {doc.id} is taken", document_id=doc.id)
+            seen.add(doc.id)
+        at = utcnow()
+        return [DocumentSaved(doc, False, at) for doc in batch.documents]
+
+    return build
+
+
+def replace_content(
+    library_id: str,
+    document_id: str,
+    batch: PreparedBatch,
+    title: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> Build:
+    """New chunks for an existing document; its title and metadata stay unless given."""
+
+    def build(head: Head) -> Sequence[Change]:
+        old = _document(head, library_id, document_id)
+        _check_dimension(_library(head, library_id), batch)
+        at = utcnow()
+        doc = replace(
+            batch.documents[0],
+            title=old.title if title is None else title,
+            metadata=old.metadata if metadata is None else metadata,
+            created_at=old.created_at,
+            updated_at=at,
+        )
+        return [DocumentSaved(doc, True, at)]
+
+    return build
+
+
+def update_fields(
+    library_id: str, document_id: str, title: str | None, metadata: Mapping[str, Any] | None
+) -> Build:
+    """A new title or metadata on the same chunks."""
+
+    def build(head: Head) -> Sequence[Change]:
+        old = _document(head, library_id, document_id)
+        at = utcnow()
+        doc = replace(
+            old,
+            title=old.title if title is None else title,
+            metadata=old.metadata if metadata is None else metadata,
+            updated_at=at,
+        )
+        return [DocumentSaved(doc, True, at)]
+
+    return build
+
+
+def delete_document(library_id: str, document_id: str) -> Build:
+    def build(head: Head) -> Sequence[Change]:
+        old = _document(head, library_id, document_id)
+        return [DocumentDeleted(library_id, document_id, old.title, utcnow())]
+
+    return build
+
+
+def _library(head: Head, library_id: str) -> Library:
+    library = head.library(library_id)
+    if library is None:
+        raise LibraryNotFoundError(library_id)
+    return library
+
+
+def _document(head: Head, library_id: str, document_id: str) -> Document:
+    _library(head, library_id)
+    doc = head.document(library_id, document_id)
+    if doc is None:
+        raise DocumentNotFoundError(document_id, library_id)
+    return doc
+
+
+def _check_dimension(library: Library, batch: PreparedBatch) -> None:
+    """The library's dimension may have been fixed since the batch was prepared."""
+    if library.dimension is not None and library.dimension != batch.dimension:
+        raise DimensionMismatchError(library.dimension, batch.dimension, what="embedding")

@@ -1,0 +1,190 @@
+"""Changes: what a committed write did, as values. The log is a sequence of them.
+
+Every write builds its changes (``_rules``) and hands them to the store, which puts them in
+order and gives each one its **position**: consecutive integers from 1, without gaps, in commit
+order. Everything kept in memory (indexes, chunk references, library records, the event
+history) is a projection of that sequence (``projection``), and the change event a subscriber
+receives is a view of one change: its ``id`` is the change's position.
+
+::
+
+    Change                 event type                       what it carries
+    LibraryCreated         library.created                  the new library's record
+    LibraryUpdated         library.updated                  the record with its new fields, which
+    LibraryDeleted         library.deleted                  the library's id and name
+    DocumentSaved          document.added / .updated        the whole document: chunks with ids,
+                                                            text, metadata and embeddings
+    DocumentDeleted        document.deleted                 the document's id and title
+
+A change says what happened, never what followed from it: a library's counts
+(``document_count``, ``chunk_count``), its dimension once the first vectors arrive and its
+``updated_at`` are derived by whoever applies the change (``library_after``), so every
+projection derives them the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, ClassVar, Final
+
+from arrwdb.domain.events import Event
+from arrwdb.domain.models import Document, Library
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryCreated:
+    kind: ClassVar[str] = "library.created"
+    library: Library
+    at: datetime
+
+    @property
+    def library_id(self) -> str:
+        return self.library.id
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryUpdated:
+    kind: ClassVar[str] = "library.updated"
+    #: the record as the update leaves it; only the fields named in ``changed`` are taken
+    library: Library
+    changed: tuple[str, ...]
+    at: datetime
+
+    @property
+    def library_id(self) -> str:
+        return self.library.id
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryDeleted:
+    kind: ClassVar[str] = "library.deleted"
+    library_id: str
+    name: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentSaved:
+    """A document added (``replaced`` false) or replacing its earlier version. A version with
+    the same chunk ids as the one it replaces changed only its title or metadata."""
+
+    kind: ClassVar[str] = "document.saved"
+    document: Document
+    replaced: bool
+    at: datetime
+
+    @property
+    def library_id(self) -> str:
+        return self.document.library_id
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentDeleted:
+    kind: ClassVar[str] = "document.deleted"
+    library_id: str
+    document_id: str
+    title: str
+    at: datetime
+
+
+Change = LibraryCreated | LibraryUpdated | LibraryDeleted | DocumentSaved | DocumentDeleted
+#: Every kind of change, by its ``kind`` (how a store names it in its records).
+CHANGE_KINDS: Final[dict[str, type[Change]]] = {
+    c.kind: c
+    for c in (LibraryCreated, LibraryUpdated, LibraryDeleted, DocumentSaved, DocumentDeleted)
+}
+#: What may change in a library's record after its creation.
+LIBRARY_FIELDS: Final = ("name", "description", "metadata")
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The changes of one commit, at the consecutive positions ``first``, ``first + 1``, ...
+
+    A batch is applied as a whole: a bulk write becomes visible to searches all at once."""
+
+    first: int
+    changes: tuple[Change, ...]
+
+    @property
+    def last(self) -> int:
+        """The position of the last change (``first - 1`` for a write that changed nothing)."""
+        return self.first + len(self.changes) - 1
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def positioned(self) -> Iterator[tuple[int, Change]]:
+        return enumerate(self.changes, self.first)
+
+    def events(self) -> list[Event]:
+        return [event_of(position, change) for position, change in self.positioned()]
+
+
+def event_of(position: int, change: Change) -> Event:
+    """The change event of ``change`` at ``position``: the envelope subscribers receive."""
+    data: dict[str, Any]
+    if isinstance(change, DocumentSaved):
+        doc = change.document
+        kind = "document.updated" if change.replaced else "document.added"
+        data = {"document_id": doc.id, "title": doc.title, "num_chunks": doc.num_chunks}
+    elif isinstance(change, DocumentDeleted):
+        kind = change.kind
+        data = {"document_id": change.document_id, "title": change.title}
+    elif isinstance(change, LibraryCreated):
+        kind = change.kind
+        data = _library_data(change.library)
+    elif isinstance(change, LibraryUpdated):
+        kind = change.kind
+        data = {**_library_data(change.library), "changed": sorted(change.changed)}
+    else:
+        kind = change.kind
+        data = {"name": change.name}
+    return Event(
+        id=str(position), type=kind, library_id=change.library_id, data=data, timestamp=change.at
+    )
+
+
+def _library_data(library: Library) -> dict[str, Any]:
+    return {
+        "name": library.name,
+        "dimension": library.dimension,
+        "metric": library.metric,
+        "index": library.index,
+    }
+
+
+def library_after(library: Library, change: Change, previous_chunks: int | None) -> Library:
+    """``library``'s record once ``change`` (one of its own) is applied. ``previous_chunks`` is
+    the number of chunks of the document the change saves or deletes, as it was before
+    (``None``: it did not exist). The one derivation of counts, dimension and ``updated_at``."""
+    if isinstance(change, DocumentSaved):
+        doc = change.document
+        dimension = library.dimension
+        if dimension is None:
+            vector = next((c.embedding for c in doc.chunks if c.embedding is not None), None)
+            dimension = None if vector is None else int(vector.shape[0])
+        return replace(
+            library,
+            dimension=dimension,
+            document_count=library.document_count + (previous_chunks is None),
+            chunk_count=library.chunk_count + len(doc.chunks) - (previous_chunks or 0),
+            updated_at=change.at,
+        )
+    if isinstance(change, DocumentDeleted):
+        if previous_chunks is None:
+            return library
+        return replace(
+            library,
+            document_count=library.document_count - 1,
+            chunk_count=library.chunk_count - previous_chunks,
+            updated_at=change.at,
+        )
+    if isinstance(change, LibraryUpdated):
+        fields = {name: getattr(change.library, name) for name in change.changed}
+        return replace(library, **fields, updated_at=change.at)
+    if isinstance(change, LibraryCreated):
+        return change.library
+    return library

@@ -1,0 +1,210 @@
+"""The projection: everything the service serves from memory, following the change log.
+
+The ``Projection`` holds every library's live state (``LibraryState``: its record, index and
+chunk references) and the position of the last change it reflects. The ``Projector`` is the
+**only** code that changes it, and the only publisher of the local event hub: it reads durable
+batches from the log and applies them strictly in position order, then publishes their events,
+so a subscriber that sees an event can search for its effect.
+
+Whoever needs the projection to have reached a position drives it there (``catch_up``): a
+writer, once its commit is durable, so that a write is acknowledged only when its effect can be
+read back (read-your-writes); a follower of changes written elsewhere, when the log tells it of
+new ones. One applier at a time; the others wait for it and find their work done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+
+from arrwdb.domain._library_state import LibraryState
+from arrwdb.domain.changes import (
+    Batch,
+    Change,
+    DocumentDeleted,
+    DocumentSaved,
+    LibraryCreated,
+    LibraryDeleted,
+    LibraryUpdated,
+)
+from arrwdb.domain.errors import InternalError, LibraryNotFoundError
+from arrwdb.domain.models import Library, Matrix
+from arrwdb.domain.ports import ChangeLog, EventHub, IndexFactory, IndexStore, Repository
+
+logger = logging.getLogger("arrwdb.projection")
+
+#: How many changes the projector reads from the log at a time (whole batches).
+READ_CHANGES = 10_000
+
+
+class Projection:
+    """Every library's state as of position ``applied``. Readers look states up here (dict
+    reads: safe while the projector changes the dict); only the projector changes it."""
+
+    def __init__(self, make_index: IndexFactory) -> None:
+        self.make_index = make_index
+        self.applied = 0
+        self.states: dict[str, LibraryState] = {}
+        self.names: dict[str, str] = {}
+
+    def state(self, library_id: str) -> LibraryState:
+        """A library's state; raises ``LibraryNotFoundError``."""
+        state = self.states.get(library_id) if isinstance(library_id, str) else None
+        if state is None:
+            raise LibraryNotFoundError(str(library_id))
+        return state
+
+    def named(self, name: str) -> LibraryState:
+        library_id = self.names.get(name)
+        state = None if library_id is None else self.states.get(library_id)
+        if state is None:
+            raise LibraryNotFoundError(name)
+        return state
+
+    def libraries(self) -> list[Library]:
+        return [state.library for state in list(self.states.values())]
+
+    def load(self, store: Repository, position: int, index_store: IndexStore | None = None) -> None:
+        """Fill an empty projection with the store's tables as of ``position`` (their head):
+        each library's index is the saved one brought up to date, or built from its documents."""
+        libraries = store.list_libraries()
+        if index_store is not None:
+            index_store.retain([library.id for library in libraries])
+        for library in libraries:
+            state = LibraryState(library, self.make_index)
+            docs = list(store.iter_documents(library.id))
+            saved = index_store.load(library) if index_store is not None else None
+            with state.lock.write():
+                if saved is not None:
+                    changed = state.restore(docs, saved)
+                    logger.info(
+                        "library %s: saved index loaded, %d label(s) brought up to date",
+                        library.id,
+                        changed,
+                    )
+                else:
+                    state.add_documents(docs)
+            self.states[library.id] = state
+            self.names[library.name] = library.id
+        self.applied = position
+
+
+class Projector:
+    """Applies the log's batches to a projection, in position order, and publishes their
+    events to the hub. Thread-safe."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        log: ChangeLog,
+        hub: EventHub,
+        index_store: IndexStore | None = None,
+    ) -> None:
+        self._projection = projection
+        self._log = log
+        self._hub = hub
+        self._index_store = index_store
+        self._lock = threading.Lock()  # one applier at a time
+        self._hints_lock = threading.Lock()
+        self._hints: dict[int, Matrix] = {}
+
+    @property
+    def applied(self) -> int:
+        return self._projection.applied
+
+    def catch_up(self, through: int, *, vectors: tuple[int, Matrix] | None = None) -> None:
+        """Return once every change up to position ``through`` (durable in the log) is
+        applied and published. ``vectors`` = ``(first, matrix)``: the batch at ``first``
+        saves documents whose chunk embeddings, in order, are ``matrix`` (the writer's own
+        stack: applied as it is, not stacked again)."""
+        if vectors is not None:
+            with self._hints_lock:
+                self._hints[vectors[0]] = vectors[1]
+        projection = self._projection
+        with self._lock:
+            while projection.applied < through:
+                batches = self._log.read(projection.applied, READ_CHANGES)
+                if not batches:
+                    raise InternalError(
+                        f"the log holds nothing after {projection.applied}, but position "
+                        f"{through} was said to be durable"
+                    )
+                for batch in batches:
+                    self._apply(batch)
+        if vectors is not None:
+            with self._hints_lock:
+                self._hints.pop(vectors[0], None)
+
+    def _apply(self, batch: Batch) -> None:
+        projection = self._projection
+        if batch.first != projection.applied + 1:
+            raise InternalError(f"batch at {batch.first} after position {projection.applied}")
+        with self._hints_lock:
+            vectors = self._hints.pop(batch.first, None)
+        for library_id, run in _runs(batch.changes):
+            first = run[0]
+            if isinstance(first, LibraryCreated):
+                library = first.library
+                projection.states[library.id] = LibraryState(library, projection.make_index)
+                projection.names[library.name] = library.id
+            elif isinstance(first, LibraryDeleted):
+                self._delete(library_id)
+            else:
+                self._apply_run(library_id, run, vectors if len(run) == len(batch) else None)
+        projection.applied = batch.last
+        self._hub.publish(batch.events())
+
+    def _apply_run(self, library_id: str, run: Sequence[Change], vectors: Matrix | None) -> None:
+        projection = self._projection
+        state = projection.states.get(library_id)
+        if state is None:  # the log is ordered: a change of a library that is not there is a bug
+            logger.error("change of unknown library %s at %s", library_id, projection.applied)
+            return
+        changes = [
+            c for c in run if isinstance(c, LibraryUpdated | DocumentSaved | DocumentDeleted)
+        ]
+        old_name = state.library.name
+        with state.lock.write():
+            state.apply(changes, vectors)
+        new_name = state.library.name
+        if new_name != old_name:
+            if projection.names.get(old_name) == library_id:
+                del projection.names[old_name]
+            projection.names[new_name] = library_id
+
+    def _delete(self, library_id: str) -> None:
+        projection = self._projection
+        state = projection.states.get(library_id)
+        if state is None:
+            return
+        with state.lock.write():
+            del projection.states[library_id]
+            state.unsaved = 0
+        if projection.names.get(state.library.name) == library_id:
+            del projection.names[state.library.name]
+        if self._index_store is not None:
+            try:
+                self._index_store.discard(library_id)
+            except Exception:  # a leftover save is ignored on the next open (retain)
+                logger.exception("could not discard the saved index of %s", library_id)
+
+
+def _runs(changes: Sequence[Change]) -> Iterator[tuple[str, list[Change]]]:
+    """Consecutive changes of one library, applied under one hold of its write lock; a
+    library's creation and deletion each stand alone."""
+    run: list[Change] = []
+    run_library = ""
+    for change in changes:
+        library_id = change.library_id
+        alone = isinstance(change, LibraryCreated | LibraryDeleted)
+        if run and (alone or library_id != run_library or isinstance(run[0], LibraryCreated)):
+            yield run_library, run
+            run = []
+        run.append(change)
+        run_library = library_id
+        if isinstance(change, LibraryDeleted):
+            yield run_library, run
+            run = []
+    if run:
+        yield run_library, run
