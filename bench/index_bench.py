@@ -210,7 +210,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def graph_of(db: Any, lib: Any) -> hnswlib.Index | None:
     """arrwDB's own hnswlib graph (a diagnostic peek at internals; ``None`` if they moved)."""
     try:
-        return db.service._states[lib.id].index._graph
+        return db.service.projection.state(lib.id).index._graph
     except (AttributeError, KeyError):
         return None
 

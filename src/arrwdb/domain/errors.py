@@ -112,7 +112,8 @@ class SubscriptionClosedError(ArrwdbError):
 
 
 class SlowConsumerError(SubscriptionClosedError):
-    """The subscriber fell behind and its bounded buffer overflowed.
+    """The subscriber was cut off for its own backlog: events it had still to read are no
+    longer kept, or more of them wait unread than its ``buffer`` allows.
 
     Events up to ``last_event_id`` were delivered; resume with ``since=last_event_id``.
     """

@@ -3,6 +3,11 @@
 Adapters implement them (``arrwdb.adapters``); the container picks one per port from
 configuration. The domain never imports an adapter. Each method says what it promises and which
 domain error it raises; anything else an adapter raises is a bug (reported as ``internal_error``).
+
+Who may change what: a ``Store`` changes its log and tables, only in ``ChangeLog.write`` and as
+those writes become durable; an ``EventHub`` is published to only by the projector
+(``arrwdb.domain.projection``), which is also the only writer of the in-memory projection
+(``VectorIndex``es, chunk references, library records). Everything else reads.
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@ through :class:`Dispatcher`, so the two can never drift apart. Service calls run
 thread (``anyio.to_thread``): embedding, index search and bulk adds are CPU work and the commit
 lock may be held by another writer, so none of it may stall the event loop.
 
-Writes pass the :class:`WriteGate`: at shutdown it refuses new writes and lets the server wait
-for the ones in flight.
+Who may change what: an action only calls the service. A write action (``write=True``) makes
+one service write, which the store orders and checks and the projector applies (see
+``arrwdb.domain.service``); no action, and no transport, changes any state itself or reaches
+past the service to an adapter. Writes pass the :class:`WriteGate`: at shutdown it refuses new
+writes and lets the server wait for the ones in flight.
 
 Reads share their worker-thread hops (:class:`ReadHops`): a read that arrives while
 ``read_lanes`` hops are already running waits for the next hop and goes with every read

@@ -1,4 +1,4 @@
-"""Stream envelopes: the WebSocket protocol of the seed, NDJSON lines and the SSE event data.
+"""Stream envelopes: the arrwDB WebSocket protocol, NDJSON lines and the SSE event data.
 
 WebSocket requests are a tagged union on ``action``; one decoder (built once) turns a message
 into the right request Struct or a ``msgspec.ValidationError`` naming the field

@@ -20,6 +20,7 @@ responses, NDJSON error lines.
     domain StorageError                   503  storage_error
     ShuttingDown                          503  shutting_down
     SubscriptionClosedError               503  subscription_closed / slow_consumer
+    domain HistoryLostError               410  history_lost
     anything else                         500  internal_error   (logged with its traceback;
                                                the client gets an opaque message, never str(exc))
 
@@ -41,6 +42,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from arrwdb.domain.errors import (
     AlreadyExistsError,
     ArrwdbError,
+    HistoryLostError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
@@ -115,6 +117,7 @@ _DOMAIN_STATUS: tuple[tuple[type[ArrwdbError], int], ...] = (
     (AlreadyExistsError, 409),
     (StorageError, 503),
     (SubscriptionClosedError, 503),
+    (HistoryLostError, 410),
 )
 
 #: Where a request's parameters are (Litestar's ``ParamType`` values): not the body.

@@ -253,7 +253,7 @@ class BackupOut(Struct, kw_only=True):
 
 
 class WebSocketStats(Struct, kw_only=True):
-    """``GET /v1/websockets/stats``, in the seed's exact shape."""
+    """``GET /v1/websockets/stats``, in the WebSocket protocol's exact shape."""
 
     total_connections: int
     libraries_with_subscribers: int

@@ -268,7 +268,7 @@ class FanOut:
 
     async def _run(self) -> None:
         service = self._runtime.service
-        seen = service.last_event_id
+        seen = 0  # a first round at once: whatever was published before this task ran
         while not self._runtime.closing:
             try:
                 seen = await service.wait_beyond(seen)  # one wake-up for a burst of events

@@ -1,4 +1,4 @@
-"""The WebSocket transport: ``WS /v1/libraries/{library_id}/ws``, the seed's protocol.
+"""The WebSocket transport: ``WS /v1/libraries/{library_id}/ws``, the arrwDB WebSocket protocol.
 
 On connect the server subscribes the connection to the library's events (registered before the
 welcome is sent), accepts, and sends ``{"type": "system", "message": "Connected to library <id>",
@@ -391,7 +391,7 @@ class _Connection:
 async def library_socket(
     socket: WebSocket[Any, Any, Any], library_id: FromPath[str], runtime: RuntimeDep
 ) -> None:
-    """The seed's WebSocket protocol (see docs/protocol.md)."""
+    """The arrwDB WebSocket protocol (see docs/protocol.md)."""
     if runtime.closing:
         await socket.accept()
         await socket.close(code=CLOSE_GOING_AWAY, reason="server shutting down")

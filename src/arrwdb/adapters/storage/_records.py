@@ -205,7 +205,7 @@ class RecordIndex:
             if library_id is not None and entry.head.library and entry.head.library != library_id:
                 through = min(entry.last, until)  # all of another library: skipped unread
                 continue
-            for event in self._events(entry):
+            for event in self._events_or_seed(entry):
                 seq = event.seq
                 if seq <= after:
                     continue
@@ -219,6 +219,19 @@ class RecordIndex:
             if through >= until:
                 break
         return found, through
+
+    def _events_or_seed(self, entry: Entry) -> list[Event]:
+        """A record's events; if they cannot be read, the snapshot's copy of them, if it has
+        them all."""
+        try:
+            return self._events(entry)
+        except HistoryLostError:
+            with self._lock:
+                seed = self._seed
+            if seed and seed[0].seq <= entry.first and entry.last <= seed[-1].seq:
+                start = entry.first - seed[0].seq
+                return seed[start : start + entry.head.size]
+            raise
 
     def _events(self, entry: Entry) -> list[Event]:
         with self._cache_lock:

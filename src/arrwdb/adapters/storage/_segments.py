@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Generator
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from arrwdb.adapters.storage._codec import (
     HEADER,
@@ -93,8 +93,7 @@ def read_segment(path: Path, expected: int, *, last: bool) -> Generator[WalRecor
     ``StorageError`` naming the file and the byte offset."""
     try:
         with path.open("rb") as file:
-            _check_format(path, file.read(len(WAL_MAGIC)))
-            file.seek(0)
+            _check_format(path, file)
             try:
                 for frame in iter_frames(file, WAL_MAGIC):
                     if frame.seq != expected:
@@ -129,7 +128,7 @@ def scan_heads(path: Path, expected: int) -> Generator[WalRecord, None, int]:
     first frame that cannot be read. Returns the number after the last one yielded."""
     try:
         with path.open("rb") as file:
-            _check_format(path, file.read(len(WAL_MAGIC)))
+            _check_format(path, file)
             offset = 0
             while True:
                 file.seek(offset)
@@ -153,14 +152,22 @@ def scan_heads(path: Path, expected: int) -> Generator[WalRecord, None, int]:
     return expected
 
 
-def _check_format(path: Path, magic: bytes) -> None:
-    if magic == OLD_WAL_MAGIC:
-        raise StorageError(
-            f"the write-ahead log {path} was written by an earlier development format of "
-            "arrwDB that this version does not read; export the data with the version that "
-            "wrote it, or start with an empty data directory",
-            path=str(path),
-        )
+def _check_format(path: Path, file: BinaryIO) -> None:
+    """Refuse a segment of the earlier format: one that starts with an intact frame of it (a
+    torn record that merely starts with its magic is damage, handled as such). Leaves the
+    file at its start."""
+    head = file.read(HEADER.size)
+    if head[: len(OLD_WAL_MAGIC)] == OLD_WAL_MAGIC and len(head) == HEADER.size:
+        length = HEADER.unpack(head)[1]
+        file.seek(0)
+        if intact_frame_in(file.read(HEADER.size + length), OLD_WAL_MAGIC, 0) == 0:
+            raise StorageError(
+                f"the write-ahead log {path} was written by an earlier development format of "
+                "arrwDB that this version does not read; export the data with the version "
+                "that wrote it, or start with an empty data directory",
+                path=str(path),
+            )
+    file.seek(0)
 
 
 def _cut_tail(path: Path, damage: FrameError) -> None:

@@ -54,7 +54,8 @@ the store stops accepting writes (``check()`` raises) and keeps serving reads. T
 record is cut off on a best-effort basis; if that fails too, it may reappear after a restart.
 
 Positions (event ids) continue after a restart. ``snapshot_to(dir)`` writes a consistent
-backup that opens as a store on its own (with no event history before its position).
+backup that opens as a store on its own, with the latest ``history_size`` events (but no log:
+``read`` from before its position raises ``HistoryLostError``).
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ class DiskStore:
         """Order a write (``ports.ChangeLog.write``); its record is appended under the ordering
         lock, so the log holds records in position order."""
         with self._order:
-            wal = self._writable()
+            wal = self._accepting()
             batch = Batch(self._head.position + 1, tuple(build(self._head)))
             if not batch.changes:
                 return Done(batch)
@@ -265,6 +266,14 @@ class DiskStore:
         if self._wal is None or self._closed:
             raise StorageError(f"the store at {self.path} is not open")
         return self._wal
+
+    def _accepting(self) -> WriteAheadLog:
+        """The log, if it takes writes: after a failed fsync it refuses them all, before any
+        rule runs (the ordered state may hold writes that never became durable)."""
+        wal = self._writable()
+        if wal.failure is not None:
+            raise wal.failure
+        return wal
 
     def _finish(self, pending: PendingWrite) -> Batch:
         """Wait until the record is durable (sharing the fsync with the records appended
