@@ -16,7 +16,13 @@ from typing import Any, Final
 import numpy as np
 
 from arrwdb.domain._rwlock import RWLock
-from arrwdb.domain.changes import DocumentDeleted, DocumentSaved, LibraryUpdated, library_after
+from arrwdb.domain.changes import (
+    DocumentDeleted,
+    DocumentSaved,
+    LibraryUpdated,
+    Tally,
+    library_after,
+)
 from arrwdb.domain.filters import Predicate
 from arrwdb.domain.models import Document, Library, Matrix, SearchHit
 from arrwdb.domain.ports import IndexFactory, Labels, SavedIndex, Scores, VectorIndex
@@ -61,9 +67,11 @@ class LibraryState:
         pending: list[Document] = []  # saved documents whose chunks go to the index together
         in_pending: set[str] = set()
         stacked = vectors is not None
+        tally = Tally(self.library.dimension)
         for change in changes:
             if isinstance(change, LibraryUpdated):
-                self.library = library_after(self.library, change, None)
+                self.library = library_after(tally.applied_to(self.library), change, None)
+                tally = Tally(self.library.dimension)
                 continue
             doc_id = change.document.id if isinstance(change, DocumentSaved) else change.document_id
             if doc_id in in_pending:  # the same document twice: index what came before first
@@ -71,9 +79,7 @@ class LibraryState:
                 pending, stacked = [], False
                 in_pending.clear()
             labels = self.doc_labels.get(doc_id)
-            self.library = library_after(
-                self.library, change, None if labels is None else len(labels)
-            )
+            tally.add(change, None if labels is None else len(labels))
             if isinstance(change, DocumentDeleted):
                 self.remove_document(doc_id)
             elif labels is not None and self._same_chunks(labels, change.document):
@@ -83,6 +89,7 @@ class LibraryState:
                 self.remove_document(doc_id)
                 pending.append(change.document)
                 in_pending.add(doc_id)
+        self.library = tally.applied_to(self.library)
         if stacked and vectors is not None and len(vectors) == sum(len(d.chunks) for d in pending):
             self.add_documents(pending, vectors)
         else:

@@ -22,6 +22,7 @@ from arrwdb.domain.changes import (
     LibraryCreated,
     LibraryDeleted,
     LibraryUpdated,
+    Tally,
     library_after,
 )
 from arrwdb.domain.errors import InvalidArgumentError
@@ -85,17 +86,23 @@ class Catalog:
         """Apply the next batch (``batch.first`` follows ``position``)."""
         if batch.first != self.position + 1:
             raise ValueError(f"batch at {batch.first} does not follow position {self.position}")
+        tallies: dict[str, Tally] = {}  # the document changes of each library, added up
         for position, change in batch.positioned():
             if isinstance(change, DocumentSaved):
                 doc = change.document
                 docs = self._documents.setdefault(doc.library_id, {})
                 previous = docs.get(doc.id)
                 docs[doc.id] = (position if previous is None else previous[0], doc)
-                self._touch(change, None if previous is None else len(previous[1].chunks))
-            elif isinstance(change, DocumentDeleted):
+                tally = tallies.get(doc.library_id) or self._tally(tallies, doc.library_id)
+                tally.add(change, None if previous is None else len(previous[1].chunks))
+                continue
+            if isinstance(change, DocumentDeleted):
                 removed = self._documents.get(change.library_id, {}).pop(change.document_id, None)
-                self._touch(change, None if removed is None else len(removed[1].chunks))
-            elif isinstance(change, LibraryCreated):
+                tally = tallies.get(change.library_id) or self._tally(tallies, change.library_id)
+                tally.add(change, None if removed is None else len(removed[1].chunks))
+                continue
+            self._settle(tallies, change.library_id)
+            if isinstance(change, LibraryCreated):
                 library = change.library
                 self._libraries[library.id] = library
                 self._names[library.name] = library.id
@@ -113,12 +120,21 @@ class Catalog:
                 self._documents.pop(change.library_id, None)
                 if old is not None and self._names.get(old.name) == old.id:
                     del self._names[old.name]
+        for library_id in list(tallies):
+            self._settle(tallies, library_id)
         self.position = batch.last
 
-    def _touch(self, change: DocumentSaved | DocumentDeleted, previous_chunks: int | None) -> None:
-        library = self._libraries.get(change.library_id)
-        if library is not None:
-            self._libraries[library.id] = library_after(library, change, previous_chunks)
+    def _tally(self, tallies: dict[str, Tally], library_id: str) -> Tally:
+        library = self._libraries.get(library_id)
+        tally = tallies[library_id] = Tally(None if library is None else library.dimension)
+        return tally
+
+    def _settle(self, tallies: dict[str, Tally], library_id: str) -> None:
+        """Apply a library's added-up document changes to its record."""
+        tally = tallies.pop(library_id, None)
+        library = self._libraries.get(library_id)
+        if tally is not None and library is not None:
+            self._libraries[library_id] = tally.applied_to(library)
 
     def restore(
         self, position: int, libraries: Sequence[Library], entries: Mapping[str, Iterable[Entry]]

@@ -106,7 +106,8 @@ class Projector:
         self._hub = hub
         self._index_store = index_store
         self._lock = threading.Lock()  # one applier at a time
-        self._hints_lock = threading.Lock()
+        # first position of a batch -> its writer's stacked vectors (single dict operations:
+        # atomic, no lock needed)
         self._hints: dict[int, Matrix] = {}
 
     @property
@@ -118,10 +119,11 @@ class Projector:
         applied and published. ``vectors`` = ``(first, matrix)``: the batch at ``first``
         saves documents whose chunk embeddings, in order, are ``matrix`` (the writer's own
         stack: applied as it is, not stacked again)."""
-        if vectors is not None:
-            with self._hints_lock:
-                self._hints[vectors[0]] = vectors[1]
         projection = self._projection
+        if projection.applied >= through:  # another writer's catch-up applied it
+            return
+        if vectors is not None:
+            self._hints[vectors[0]] = vectors[1]
         with self._lock:
             while projection.applied < through:
                 batches = self._log.read(projection.applied, READ_CHANGES)
@@ -133,15 +135,13 @@ class Projector:
                 for batch in batches:
                     self._apply(batch)
         if vectors is not None:
-            with self._hints_lock:
-                self._hints.pop(vectors[0], None)
+            self._hints.pop(vectors[0], None)
 
     def _apply(self, batch: Batch) -> None:
         projection = self._projection
         if batch.first != projection.applied + 1:
             raise InternalError(f"batch at {batch.first} after position {projection.applied}")
-        with self._hints_lock:
-            vectors = self._hints.pop(batch.first, None)
+        vectors = self._hints.pop(batch.first, None)
         for library_id, run in _runs(batch.changes):
             first = run[0]
             if isinstance(first, LibraryCreated):
@@ -152,8 +152,8 @@ class Projector:
                 self._delete(library_id)
             else:
                 self._apply_run(library_id, run, vectors if len(run) == len(batch) else None)
-        projection.applied = batch.last
         self._hub.publish(batch.events())
+        projection.applied = batch.last  # after the publish: whoever sees it finds the events
 
     def _apply_run(self, library_id: str, run: Sequence[Change], vectors: Matrix | None) -> None:
         projection = self._projection

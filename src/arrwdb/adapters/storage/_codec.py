@@ -20,7 +20,8 @@ A log record's payload is one committed batch of changes (``domain.changes.Batch
     28      2     library    u16, bytes of the library id
     30      ...   library id UTF-8: the one library every change is of ("" if several)
     ...           events     msgpack: the batch's change events (``Event``), in order
-    ...           changes    msgpack: ``[[kind, change], ...]`` (``CHANGE_KINDS``)
+    ...           changes    msgpack: the kind of each change in order, then the changes
+                             of each kind (``_Body``: one list per kind)
 
 The head and the events part let the change stream read a record's events without reading its
 changes (which carry every embedding): ``read_head`` and ``decode_events``. msgpack bodies are
@@ -41,7 +42,15 @@ from typing import IO, Any, Final, NamedTuple
 import msgspec
 import numpy as np
 
-from arrwdb.domain.changes import CHANGE_KINDS, Batch, Change
+from arrwdb.domain.changes import (
+    Batch,
+    Change,
+    DocumentDeleted,
+    DocumentSaved,
+    LibraryCreated,
+    LibraryDeleted,
+    LibraryUpdated,
+)
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library
 
@@ -146,18 +155,21 @@ class RecordHead(NamedTuple):
         return self.events_offset + self.events_length
 
 
-def encode_record(batch: Batch) -> bytes:
-    """The payload of the log record of ``batch``."""
+def encode_record(batch: Batch) -> tuple[list[bytes], RecordHead]:
+    """The payload of the log record of ``batch``, in parts (to be written in order), and its
+    head."""
     changes = batch.changes
-    libraries = {change.library_id for change in changes}
-    library = (libraries.pop() if len(libraries) == 1 else "").encode()
+    first = changes[0].library_id if changes else ""
+    library = first if all(change.library_id == first for change in changes) else ""
+    raw_library = library.encode()
     events = ENCODER.encode(batch.events())
-    body = ENCODER.encode([(change.kind, change) for change in changes])
+    body = ENCODER.encode(_body_of(changes))
     at = changes[-1].at.timestamp() if changes else 0.0
-    head = RECORD_HEAD.pack(
-        batch.first, len(changes), at, len(events), zlib.crc32(events), len(library)
-    )
-    return b"".join((head, library, events, body))
+    crc = zlib.crc32(events)
+    packed = RECORD_HEAD.pack(batch.first, len(changes), at, len(events), crc, len(raw_library))
+    offset = RECORD_HEAD.size + len(raw_library)
+    head = RecordHead(batch.first, len(changes), at, library, offset, len(events), crc)
+    return [packed, raw_library, events, body], head
 
 
 def read_head(payload: bytes | memoryview) -> RecordHead:
@@ -187,19 +199,60 @@ def decode_events(head: RecordHead, events: bytes | memoryview) -> list[Event]:
 def decode_record(payload: bytes) -> Batch:
     """The batch a record holds. Raises ``ValueError`` if it is unreadable."""
     head = read_head(payload)
-    changes: list[Change] = []
     try:
-        items = _ITEMS_DECODER.decode(memoryview(payload)[head.changes_offset :])
-        for kind, raw in items:
-            decoder = _CHANGE_DECODERS.get(kind)
-            if decoder is None:
-                raise ValueError(f"unknown kind of change {kind!r}")
-            changes.append(decoder.decode(raw))
+        body = _BODY_DECODER.decode(memoryview(payload)[head.changes_offset :])
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"unreadable changes ({exc})") from None
-    if len(changes) != head.size:
-        raise ValueError(f"record says {head.size} changes but holds {len(changes)}")
-    return Batch(head.first, tuple(changes))
+    columns = [iter(column) for column in _columns(body)]
+    try:
+        changes = tuple(next(columns[kind]) for kind in body.order)
+    except (IndexError, StopIteration):
+        raise ValueError("the changes of a record do not match their order") from None
+    if len(changes) != head.size or any(next(column, None) is not None for column in columns):
+        raise ValueError(f"record says {head.size} changes but holds others")
+    return Batch(head.first, changes)
+
+
+class _Body(msgspec.Struct, array_like=True):
+    """A record's changes: one list per kind (decoded in one call each), and the kind of
+    each change in order (one byte each: its index in ``_KIND_INDEX``)."""
+
+    order: bytes
+    library_created: list[LibraryCreated]
+    library_updated: list[LibraryUpdated]
+    library_deleted: list[LibraryDeleted]
+    document_saved: list[DocumentSaved]
+    document_deleted: list[DocumentDeleted]
+
+
+_KIND_INDEX: Final = {
+    cls: index
+    for index, cls in enumerate(
+        (LibraryCreated, LibraryUpdated, LibraryDeleted, DocumentSaved, DocumentDeleted)
+    )
+}
+
+
+def _columns(body: _Body) -> list[list[Any]]:
+    return [
+        body.library_created,
+        body.library_updated,
+        body.library_deleted,
+        body.document_saved,
+        body.document_deleted,
+    ]
+
+
+def _body_of(changes: tuple[Change, ...]) -> _Body:
+    body = _Body(b"", [], [], [], [], [])
+    columns = _columns(body)
+    order = bytearray()
+    for change in changes:
+        index = _KIND_INDEX[type(change)]
+        order.append(index)
+        columns[index].append(change)
+    body.order = bytes(order)
+    return body
 
 
 # ---- snapshots -------------------------------------------------------------------------------
@@ -259,10 +312,7 @@ def _dec_hook(kind: Any, obj: Any) -> Any:
 
 ENCODER: Final = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 EVENTS_DECODER: Final[msgspec.msgpack.Decoder[list[Event]]] = msgspec.msgpack.Decoder(list[Event])
-_ITEMS_DECODER: Final = msgspec.msgpack.Decoder(list[tuple[str, msgspec.Raw]])
-_CHANGE_DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
-    kind: msgspec.msgpack.Decoder(cls, dec_hook=_dec_hook) for kind, cls in CHANGE_KINDS.items()
-}
+_BODY_DECODER: Final = msgspec.msgpack.Decoder(_Body, dec_hook=_dec_hook)
 SNAPSHOT_DECODER: Final[msgspec.msgpack.Decoder[SnapshotItem]] = msgspec.msgpack.Decoder(
     SnapshotItem, dec_hook=_dec_hook
 )

@@ -13,6 +13,7 @@ commit.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import os
 import threading
@@ -82,6 +83,8 @@ class RecordIndex:
         self._cache_lock = threading.Lock()
         #: events older than the first record, from a snapshot (consecutive ids)
         self._seed: list[Event] = []
+        #: the first position of the first record (0: none yet); read without the lock
+        self.first_position = 0
 
     def seed(self, events: list[Event]) -> None:
         """Keep ``events`` (consecutive, oldest first: a snapshot's) as the history before the
@@ -101,6 +104,10 @@ class RecordIndex:
             )
             self.clear()
             return
+        self.add_head(seq, head, path, offset, length)
+
+    def add_head(self, seq: int, head: RecordHead, path: Path, offset: int, length: int) -> None:
+        """Index a record whose head is known (it was just written)."""
         if head.size == 0:
             return
         entry = Entry(seq, head, path, offset, length)
@@ -112,12 +119,14 @@ class RecordIndex:
                 self._firsts.clear()
             self._entries.append(entry)
             self._firsts.append(head.first)
+            self.first_position = self._firsts[0]
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self._firsts.clear()
             self._seed = []
+            self.first_position = 0
 
     def drop_before(self, seq: int) -> None:
         """Forget the records numbered below ``seq`` (their segments were deleted)."""
@@ -127,14 +136,38 @@ class RecordIndex:
                 keep += 1
             del self._entries[:keep]
             del self._firsts[:keep]
+            self.first_position = self._firsts[0] if self._firsts else 0
 
-    def seq_holding(self, position: int) -> int | None:
-        """The number of the record holding ``position`` (or the first one after it)."""
+    def seq_needed(self, head: int, history_size: int) -> int | None:
+        """The number of the oldest record the event history needs: the one holding the
+        position ``history_size`` before ``head`` (or younger than the maximum age); ``None``
+        when it needs none."""
+        keep = head - history_size + 1
+        if self._max_age is not None:
+            keep = max(keep, self.earliest(head))
         with self._lock:
-            if not self._entries:
+            if not self._entries or keep > head:
                 return None
-            i = max(0, bisect.bisect_right(self._firsts, position) - 1)
+            i = max(0, bisect.bisect_right(self._firsts, keep) - 1)
             return self._entries[i].seq
+
+    def latest_events(self, position: int, count: int) -> list[Event]:
+        """The events of the last ``count`` positions up to ``position`` that are kept, if
+        they are kept unbroken up to it (else none): what a snapshot carries."""
+        events: list[Event] = []
+        after = max(0, position - count, self.earliest(position) - 1)
+        with contextlib.suppress(HistoryLostError):
+            while after < position:
+                page, through = self.events_after(after, count, None, position, position)
+                if through <= after:
+                    break
+                events.extend(page)
+                after = through
+        if events and (
+            events[-1].seq != position or events[-1].seq - events[0].seq + 1 != len(events)
+        ):
+            return []
+        return events
 
     def earliest(self, head: int) -> int:
         """The oldest position whose event is kept (``head + 1`` when none is)."""

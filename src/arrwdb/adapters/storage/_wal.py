@@ -28,7 +28,7 @@ import errno
 import logging
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -50,6 +50,8 @@ FsyncPolicy = Literal["always", "interval", "never"]
 FSYNC_POLICIES: Final[tuple[FsyncPolicy, ...]] = ("always", "interval", "never")
 DEFAULT_SEGMENT_BYTES: Final = 64 * 1024 * 1024
 HEADER_SIZE: Final = HEADER.size
+#: Records up to this size are joined into one buffer and written with one system call.
+_JOIN_BELOW: Final = 64 * 1024
 
 logger = logging.getLogger("arrwdb.storage")
 
@@ -179,12 +181,18 @@ class WriteAheadLog:
         self.durable(seq)
         return seq
 
-    def write(self, payload: bytes) -> RecordLocation:
-        """Hand one record to the OS (survives a process crash); return where it is."""
-        if len(payload) > MAX_PAYLOAD:
-            raise StorageError(f"a write of {len(payload)} bytes exceeds the record size limit")
-        payload_crc = zlib.crc32(payload)
-        size = HEADER_SIZE + len(payload)
+    def write(self, payload: bytes | Sequence[bytes]) -> RecordLocation:
+        """Hand one record to the OS (survives a process crash); return where it is. The
+        payload may come in parts (written one after the other: a large record is not copied
+        into one buffer first)."""
+        parts = [payload] if isinstance(payload, bytes) else list(payload)
+        length = sum(len(part) for part in parts)
+        if length > MAX_PAYLOAD:
+            raise StorageError(f"a write of {length} bytes exceeds the record size limit")
+        payload_crc = 0
+        for part in parts:
+            payload_crc = zlib.crc32(part, payload_crc)
+        size = HEADER_SIZE + length
         with self._cond:
             self._check_writable()
             while self._size > 0 and self._size + size > self._segment_bytes:
@@ -195,13 +203,17 @@ class WriteAheadLog:
                     self._roll()
             seq = self._next_seq
             offset = self._size
-            self._write_all((frame_header(WAL_MAGIC, seq, len(payload), payload_crc), payload))
+            header = frame_header(WAL_MAGIC, seq, length, payload_crc)
+            if length <= _JOIN_BELOW:  # one system call for a small record
+                self._write_all((b"".join((header, *parts)),))
+            else:
+                self._write_all((header, *parts))
             self._next_seq = seq + 1
             self._size += size
             self._appends += 1
             self._bytes += size
             assert self._file is not None
-            return RecordLocation(seq, self._file.path, offset, len(payload))
+            return RecordLocation(seq, self._file.path, offset, length)
 
     def durable(self, seq: int) -> None:
         """Return once record ``seq`` is as durable as the policy promises (``always``: fsynced,
@@ -355,6 +367,12 @@ class WriteAheadLog:
     def failure(self) -> StorageError | None:
         """Why the log accepts no more writes, if it does not."""
         return self._failure
+
+    @property
+    def durable_seq(self) -> int:
+        """The last record as durable as the policy promises (``always``: fsynced; otherwise
+        handed to the OS)."""
+        return self._synced if self.policy == "always" else self._next_seq - 1
 
     @property
     def last_seq(self) -> int:

@@ -73,6 +73,7 @@ from arrwdb.adapters.storage._codec import (
     DocumentsItem,
     EventsItem,
     LibraryItem,
+    RecordHead,
     SnapshotHeader,
     decode_record,
     encode_record,
@@ -97,7 +98,7 @@ from arrwdb.adapters.storage._wal import (
 from arrwdb.adapters.storage.memory import Done
 from arrwdb.domain.catalog import Catalog, Entry
 from arrwdb.domain.changes import Batch
-from arrwdb.domain.errors import HistoryLostError, StorageError
+from arrwdb.domain.errors import StorageError
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library, Page
 from arrwdb.domain.ports import Build
@@ -147,7 +148,11 @@ class DiskStore:
         # Records are applied in log order; _state guards _visible, _applied, _tail, counters.
         self._state = threading.Condition(threading.Lock())
         self._visible = Catalog()
-        self._tail: deque[Batch] = deque(maxlen=TAIL_BATCHES)
+        # the recent durable batches by first position (read without a lock: dict reads are
+        # atomic), for the projector; older ones are read from the log
+        self._tail: dict[int, Batch] = {}
+        self._tail_order: deque[int] = deque()
+        self._queue: deque[PendingWrite] = deque()  # appended, not yet visible, in log order
         self._index = RecordIndex(history_max_age)
         self._applied = 0
         self._since_snapshot = 0
@@ -257,10 +262,12 @@ class DiskStore:
             batch = Batch(self._head.position + 1, tuple(build(self._head)))
             if not batch.changes:
                 return Done(batch)
-            payload = encode_record(batch)
+            payload, head = encode_record(batch)
             location = wal.write(payload)  # StorageError: nothing happened
             self._head.apply(batch)
-        return PendingWrite(self, location, batch, payload[:MAX_HEAD_BYTES])
+            pending = PendingWrite(self, location, batch, head)
+            self._queue.append(pending)  # in log order, to be made visible once durable
+        return pending
 
     def _writable(self) -> WriteAheadLog:
         if self._wal is None or self._closed:
@@ -277,38 +284,58 @@ class DiskStore:
 
     def _finish(self, pending: PendingWrite) -> Batch:
         """Wait until the record is durable (sharing the fsync with the records appended
-        meanwhile), then make it visible after every earlier record."""
+        meanwhile), then make it visible, after every earlier record: whoever gets here first
+        makes every durable record visible, in log order, so concurrent writers do not queue
+        up to take turns."""
         wal = self._writable()
-        location, batch = pending.location, pending.batch
-        seq = location.seq
-        failure: StorageError | None = None
-        try:
-            wal.durable(seq)
-        except StorageError as exc:
-            failure = exc
+        seq = pending.location.seq
+        wal.durable(seq)  # StorageError: it never becomes visible, nor does anything after it
         with self._state:
-            while self._applied < seq - 1:  # an earlier record is still being made durable
-                self._state.wait()
-            try:
-                if failure is None:
-                    self._visible.apply(batch)
-                    self._tail.append(batch)
-                    self._index.add(
-                        seq, pending.head, location.path, location.offset, location.length
-                    )
-                    self._since_snapshot += 1
-            finally:
-                self._applied = seq
+            if self._applied < seq:
+                durable = wal.durable_seq
+                queue = self._queue
+                while queue and queue[0].location.seq <= durable:
+                    self._make_visible(queue.popleft())
                 self._state.notify_all()
-        if failure is not None:
-            raise failure
         self._maybe_snapshot()
-        return batch
+        return pending.batch
+
+    def _make_visible(self, pending: PendingWrite) -> None:
+        """(Caller holds ``_state``.) The next durable record, in log order."""
+        location, batch = pending.location, pending.batch
+        self._visible.apply(batch)
+        self._keep_in_tail(batch)
+        self._index.add_head(
+            location.seq, pending.head, location.path, location.offset, location.length
+        )
+        self._since_snapshot += 1
+        self._applied = location.seq
+
+    def _keep_in_tail(self, batch: Batch) -> None:
+        """(Caller holds ``_state``.)"""
+        self._tail[batch.first] = batch
+        self._tail_order.append(batch.first)
+        if len(self._tail_order) > TAIL_BATCHES:
+            self._tail.pop(self._tail_order.popleft(), None)
 
     def read(self, after: int, limit: int) -> list[Batch]:
+        head = self._visible.position
+        # the usual reader, the projector, wants the batches just made durable: from memory
+        # (as long as the log still holds them: what it no longer holds is history lost)
+        out: list[Batch] = []
+        count = 0
+        kept = self._index.first_position
+        while after < head and kept and after >= kept - 1:
+            batch = self._tail.get(after + 1)
+            if batch is None or (out and count + len(batch) > limit):
+                break
+            out.append(batch)
+            count += len(batch)
+            after = batch.last
+        if out or after >= head:
+            return out
         with self._state:
-            head = self._visible.position
-            tail = {batch.first: batch for batch in self._tail}
+            tail = dict(self._tail)
         return self._index.batches_after(after, limit, head, tail.get)
 
     @property
@@ -377,11 +404,7 @@ class DiskStore:
         wal = self._wal
         if wal is None:
             return
-        head = self.head
-        keep = head - self._history_size + 1
-        if self._history_max_age is not None:
-            keep = max(keep, self._index.earliest(head))
-        needed = self._index.seq_holding(keep) if keep <= head else None
+        needed = self._index.seq_needed(self.head, self._history_size)
         first = self._snapshot_seq + 1 if needed is None else min(needed, self._snapshot_seq + 1)
         self._index.drop_before(wal.drop_before(first))
 
@@ -408,30 +431,15 @@ class DiskStore:
             self._snapshot_mark = wal.bytes_written
             position, applied = visible.position, self._applied
         # read outside the lock: the log's records, up to what the snapshot covers
-        events: list[Event] = []
-        after = max(0, position - self._history_size, self._index.earliest(position) - 1)
-        with contextlib.suppress(HistoryLostError):
-            while after < position:
-                page, through = self._index.events_after(
-                    after, self._history_size, None, position, position
-                )
-                if through <= after:
-                    break
-                events.extend(page)
-                after = through
-        if events and (
-            events[-1].seq != position or events[-1].seq - events[0].seq + 1 != len(events)
-        ):
-            events = []  # not the unbroken tail of the history: keep none
+        events = self._index.latest_events(position, self._history_size)
         return SnapshotState(applied, libraries, documents, position, events)
 
     def _maybe_snapshot(self) -> None:
         wal = self._wal
+        if not self._snapshot_due(wal):  # (read without the lock: a hint; checked again)
+            return
         with self._state:
-            due = self._since_snapshot >= self._snapshot_every or (
-                wal is not None and wal.bytes_written - self._snapshot_mark >= self._snapshot_bytes
-            )
-            if not due or self._closed:
+            if not self._snapshot_due(wal) or self._closed:
                 return
             if self._background:
                 if self._snapshotter is not None and self._snapshotter.is_alive():
@@ -442,6 +450,11 @@ class DiskStore:
                 self._snapshotter.start()
                 return
         self._snapshot_logging_errors()
+
+    def _snapshot_due(self, wal: WriteAheadLog | None) -> bool:
+        return self._since_snapshot >= self._snapshot_every or (
+            wal is not None and wal.bytes_written - self._snapshot_mark >= self._snapshot_bytes
+        )
 
     def _snapshot_logging_errors(self) -> None:
         # The write that triggered it already succeeded; a failed snapshot only delays cleanup.
@@ -513,24 +526,21 @@ class DiskStore:
 class PendingWrite:
     """The ``Commit`` of a disk write: appended to the log, durable and visible after ``wait``.
 
-    Every pending write must be waited for, in any order: records are applied in log order, so
-    one that is never waited for holds back every later one."""
+    Pending writes may be waited for in any order: the first writer whose record is durable
+    makes every durable record visible, in log order."""
 
-    __slots__ = ("_repository", "_result", "batch", "head", "location")
+    __slots__ = ("_repository", "batch", "head", "location")
 
     def __init__(
-        self, repository: DiskStore, location: RecordLocation, batch: Batch, head: bytes
+        self, repository: DiskStore, location: RecordLocation, batch: Batch, head: RecordHead
     ) -> None:
         self._repository = repository
         self.location = location
         self.batch = batch
         self.head = head
-        self._result: Batch | None = None
 
     def wait(self) -> Batch:
-        if self._result is None:
-            self._result = self._repository._finish(self)
-        return self._result
+        return self._repository._finish(self)
 
 
 def _decode(record: WalRecord) -> Batch:
