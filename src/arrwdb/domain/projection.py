@@ -190,9 +190,13 @@ class Projector:
                 logger.exception("could not discard the saved index of %s", library_id)
 
 
-def _runs(changes: Sequence[Change]) -> Iterator[tuple[str, list[Change]]]:
+def _runs(changes: Sequence[Change]) -> Iterator[tuple[str, Sequence[Change]]]:
     """Consecutive changes of one library, applied under one hold of its write lock; a
     library's creation and deletion each stand alone."""
+    first = changes[0] if changes else None
+    if isinstance(first, DocumentSaved) and len(changes) == 1:  # the usual small write
+        yield first.library_id, changes
+        return
     run: list[Change] = []
     run_library = ""
     for change in changes:

@@ -350,7 +350,8 @@ class _Connection:
             return True
         self._runtime.fanout.discard(self)
         self._request_close(
-            CLOSE_SLOW_CONSUMER, f"slow consumer: not reading; last event id {self._last_sent}"
+            CLOSE_SLOW_CONSUMER,
+            f"slow consumer: not reading; last event id {self._last_sent or 'none'}",
         )
         return False
 
@@ -359,7 +360,7 @@ class _Connection:
         if isinstance(exc, SlowConsumerError):
             self._request_close(
                 CLOSE_SLOW_CONSUMER,
-                f"slow consumer: events no longer kept; last event id {self._last_sent}",
+                f"slow consumer: events no longer kept; last event id {self._last_sent or 'none'}",
             )
         elif self._runtime.closing:
             self._request_close(CLOSE_GOING_AWAY, "server shutting down")
