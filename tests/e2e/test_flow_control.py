@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -40,6 +41,21 @@ async def wait_until(condition: Any, timeout: float = 10.0) -> None:
     raise AssertionError("condition never met")
 
 
+async def ingest_while(
+    http: httpx.AsyncClient, lib: str, body: bytes, reader: Callable[[], Awaitable[None]]
+) -> None:
+    """NDJSON-ingest ``body`` while ``reader`` runs; both done within 20 s."""
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            response = await http.post(
+                f"/v1/libraries/{lib}/documents/stream",
+                content=body,
+                headers={"content-type": "application/x-ndjson"},
+            )
+            assert response.status_code == 200
+
+
 async def test_stalled_subscriber_is_closed_and_does_not_delay_others(make_server: Any) -> None:
     live: BackgroundServer = make_server(ws_send_queue=16, ws_send_timeout=2.0)
     async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
@@ -70,15 +86,7 @@ async def test_stalled_subscriber_is_closed_and_does_not_delay_others(make_serve
                 received.append(int(message["id"]))
 
         started = time.monotonic()
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(read_healthy)
-                response = await http.post(
-                    f"/v1/libraries/{lib}/documents/stream",
-                    content=body,
-                    headers={"content-type": "application/x-ndjson"},
-                )
-                assert response.status_code == 200
+        await ingest_while(http, lib, body, read_healthy)
         elapsed = time.monotonic() - started
         assert received == list(range(received[0], received[0] + count))  # all, in order
         assert elapsed < 10, elapsed
@@ -155,15 +163,7 @@ async def test_a_stalled_sse_client_is_cut_and_the_others_read_on(make_server: A
                     if len(received) == count:
                         return
 
-            with anyio.fail_after(20):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(read)
-                    response = await http.post(
-                        f"/v1/libraries/{lib}/documents/stream",
-                        content=body,
-                        headers={"content-type": "application/x-ndjson"},
-                    )
-                    assert response.status_code == 200
+            await ingest_while(http, lib, body, read)
             assert received == list(range(received[0], received[0] + count))
             await wait_until(lambda: len(live.runtime.streams) == 1, timeout=10)  # cut
         sock.close()

@@ -211,7 +211,7 @@ class Tally:
         )
 
 
-_LIBRARY_FIELDS = (
+_RECORD_FIELDS = (
     "id",
     "name",
     "description",
@@ -226,7 +226,7 @@ _LIBRARY_FIELDS = (
     "created_at",
     "updated_at",
 )
-if tuple(f.name for f in fields(Library)) != _LIBRARY_FIELDS:  # Tally.applied_to lists them
+if tuple(f.name for f in fields(Library)) != _RECORD_FIELDS:  # Tally.applied_to lists them
     raise AssertionError("Library's fields have changed: update Tally.applied_to")
 
 

@@ -17,16 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from typing import cast
 
-from arrwdb.domain._library_state import LibraryState
+from arrwdb.domain._library_state import LibraryChange, LibraryState
 from arrwdb.domain.changes import (
     Batch,
     Change,
-    DocumentDeleted,
     DocumentSaved,
     LibraryCreated,
     LibraryDeleted,
-    LibraryUpdated,
 )
 from arrwdb.domain.errors import InternalError, LibraryNotFoundError
 from arrwdb.domain.models import Library, Matrix
@@ -161,9 +160,9 @@ class Projector:
         if state is None:  # the log is ordered: a change of a library that is not there is a bug
             logger.error("change of unknown library %s at %s", library_id, projection.applied)
             return
-        changes = [
-            c for c in run if isinstance(c, LibraryUpdated | DocumentSaved | DocumentDeleted)
-        ]
+        # _runs leaves a library's creation and deletion out of a run: what is left is the
+        # state's own to apply
+        changes = cast(Sequence[LibraryChange], run)
         old_name = state.library.name
         with state.lock.write():
             state.apply(changes, vectors)
