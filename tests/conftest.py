@@ -39,3 +39,14 @@ def make_service() -> Iterator[type[VectorDBService]]:
 @pytest.fixture
 def service(make_service) -> VectorDBService:  # type: ignore[no-untyped-def]
     return make_service()
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema name, dropped after the test (skips without PostgreSQL)."""
+    import pg
+
+    pg.require()
+    schema = pg.new_schema()
+    yield schema
+    pg.drop(schema)

@@ -30,10 +30,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument(
         "--storage",
-        choices=("memory", "disk"),
-        help="disk (durable, in --data-dir; the default) or memory (ephemeral)",
+        choices=("memory", "disk", "postgres"),
+        help="disk (durable, in --data-dir; the default), memory (ephemeral) or postgres "
+        "(shared by several servers; needs arrwdb[postgres])",
     )
     serve.add_argument("--data-dir", help=f"data directory for disk storage ({DEFAULT_DATA_DIR})")
+    serve.add_argument(
+        "--postgres-url", help="PostgreSQL URL for postgres storage (ARRWDB_POSTGRES_URL)"
+    )
+    serve.add_argument(
+        "--postgres-schema", help="schema of the tables in that database (default arrwdb)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on one port (default 1; more need --storage postgres)",
+    )
     serve.add_argument(
         "--log-level",
         choices=("critical", "error", "warning", "info", "debug"),
@@ -67,12 +80,20 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    storage = args.storage or os.environ.get("ARRWDB_STORAGE") or "disk"
+    data_dir = args.data_dir or os.environ.get("ARRWDB_DATA_DIR")
+    if storage == "disk":
+        data_dir = data_dir or DEFAULT_DATA_DIR
     try:
+        if args.workers < 1:
+            raise ValueError("--workers must be >= 1")
         settings = Settings.from_env(
             host=args.host,
             port=args.port,
-            storage=args.storage or os.environ.get("ARRWDB_STORAGE") or "disk",
-            data_dir=args.data_dir or os.environ.get("ARRWDB_DATA_DIR") or DEFAULT_DATA_DIR,
+            storage=storage,
+            data_dir=data_dir,
+            postgres_url=args.postgres_url,
+            postgres_schema=args.postgres_schema,
             log_level=args.log_level,
         )
     except ValueError as exc:
@@ -80,14 +101,14 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
 
-    from arrwdb.server import StorageUnavailableError, serve
+    from arrwdb.server import StorageUnavailableError, WorkersRefusedError, serve
 
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: end quietly
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        if not serve(settings):
+        if not serve(settings, workers=args.workers):
             return 1
-    except StorageUnavailableError as exc:
+    except (StorageUnavailableError, WorkersRefusedError) as exc:
         print(f"arrwdb serve: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, _Stopped):

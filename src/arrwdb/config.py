@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -15,15 +16,22 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 ALL_TRANSPORTS = ("rest", "ndjson", "sse", "websocket")
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 ENV_PREFIX = "ARRWDB_"
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     # storage
-    storage: Literal["memory", "disk"] = "memory"
+    storage: Literal["memory", "disk", "postgres"] = "memory"
     data_dir: str | None = None
     fsync: Literal["always", "interval", "never"] = "always"
+    postgres_url: str | None = None
+    postgres_schema: str = "arrwdb"
+    postgres_notify: bool = True
+    postgres_poll_interval: float = 0.5
+    postgres_lock_timeout: float = 10.0
+    max_lag: int = 10_000
     index_save_interval: float = 300.0
     backup_dir: str | None = None
     # event stream
@@ -71,6 +79,15 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1")
         if self.storage == "disk" and not self.data_dir:
             raise ValueError("storage 'disk' needs data_dir")
+        if self.storage == "postgres" and not self.postgres_url:
+            raise ValueError("storage 'postgres' needs postgres_url (ARRWDB_POSTGRES_URL)")
+        if not _SCHEMA_NAME.fullmatch(self.postgres_schema):
+            raise ValueError(
+                f"postgres_schema {self.postgres_schema[:80]!r}: 1 to 48 letters, digits or "
+                "underscores, not starting with a digit"
+            )
+        if self.postgres_poll_interval <= 0:
+            raise ValueError("postgres_poll_interval must be > 0")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from dependency_injector import containers, providers
 
@@ -27,6 +28,7 @@ from arrwdb.adapters.storage.index_files import FileIndexStore
 from arrwdb.adapters.storage.memory import InMemoryStore
 from arrwdb.config import Settings
 from arrwdb.domain.chunking import Chunker
+from arrwdb.domain.errors import StorageError
 from arrwdb.domain.ports import (
     Embedder,
     EventHistory,
@@ -75,6 +77,7 @@ def _service(
     )
     try:
         service.load()
+        service.follow()
         service.autosave_indexes(index_save_interval)
     except BaseException:
         service.close()
@@ -89,6 +92,20 @@ def _indexes_dir(data_dir: str) -> Path:
     return Path(data_dir) / "indexes"
 
 
+def _optional_index_store(data_dir: str | None) -> IndexStore | None:
+    """Saved indexes beside a shared store, when the server has a data directory of its own."""
+    return None if not data_dir else FileIndexStore(_indexes_dir(data_dir))
+
+
+def _postgres_store(**options: Any) -> Store:
+    """The PostgreSQL store (imported here: it needs the ``postgres`` extra)."""
+    try:
+        from arrwdb.adapters.storage.postgres import PostgresStore
+    except ImportError as exc:
+        raise StorageError(str(exc)) from None
+    return PostgresStore(**options)
+
+
 class Container(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
 
@@ -101,6 +118,17 @@ class Container(containers.DeclarativeContainer):
             fsync=config.fsync,
             history_size=config.history_size,
             history_max_age=config.history_max_age,
+        ),
+        postgres=providers.Singleton(
+            _postgres_store,
+            url=config.postgres_url,
+            schema=config.postgres_schema,
+            history_size=config.history_size,
+            history_max_age=config.history_max_age,
+            notify=config.postgres_notify,
+            poll_interval=config.postgres_poll_interval,
+            lock_timeout=config.postgres_lock_timeout,
+            max_lag=config.max_lag,
         ),
     )
     opened_store = providers.Resource(_opened_store, store)
@@ -121,6 +149,7 @@ class Container(containers.DeclarativeContainer):
         config.storage,
         memory=providers.Object(None),
         disk=providers.Singleton(FileIndexStore, providers.Callable(_indexes_dir, config.data_dir)),
+        postgres=providers.Singleton(_optional_index_store, config.data_dir),
     )
 
     index_factory = providers.Object(make_index)

@@ -145,7 +145,7 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def uvicorn_config(app: Litestar, settings: Settings, **overrides: Any) -> uvicorn.Config:
+def uvicorn_config(app: Litestar | str, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """uvicorn settings for arrwDB. A WebSocket message above ``max_ws_message_bytes`` gets an
     error response; one above twice that is refused by the protocol (close 1009).
     Per-message compression is off: it would cost CPU per subscriber, not per event."""
@@ -163,13 +163,87 @@ def uvicorn_config(app: Litestar, settings: Settings, **overrides: Any) -> uvico
     return uvicorn.Config(app, **options)
 
 
-def serve(settings: Settings) -> bool:
+class WorkersRefusedError(ValueError):
+    """``--workers`` with a store that one process owns."""
+
+
+def serve(settings: Settings, workers: int = 1) -> bool:
     """Run arrwDB until SIGINT/SIGTERM, then shut down gracefully. False if it never started
-    (the store could not be opened, the port was taken: the log says why)."""
+    (the store could not be opened, the port was taken: the log says why). ``workers`` > 1
+    runs that many processes on one port; they need a shared store (``postgres``)."""
+    if workers > 1:
+        return _serve_workers(settings, workers)
     app = create_app(settings)
     server = Server(uvicorn_config(app, settings))
     server.run()
     return bool(server.started)
+
+
+def _serve_workers(settings: Settings, workers: int) -> bool:
+    """``workers`` processes forked after binding the port, each a whole server (its own
+    projection and fan-out) over the shared store; a worker that dies is replaced."""
+    if settings.storage != "postgres":
+        raise WorkersRefusedError(
+            f"--workers {workers} needs --storage postgres: with {settings.storage!r} storage "
+            "each process would hold its own data (a data directory is opened by one process "
+            "at a time), so the workers would not share libraries or the change stream"
+        )
+    import multiprocessing
+    import signal
+
+    sock = uvicorn_config("arrwdb.server:create_app", settings).bind_socket()
+    context = multiprocessing.get_context("fork")  # the children inherit the bound socket
+    stopping = threading.Event()
+
+    def spawn(number: int) -> Any:
+        process = context.Process(
+            target=_worker, args=(settings, sock), name=f"arrwdb-worker-{number}"
+        )
+        process.start()
+        return process
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    processes = [spawn(i) for i in range(workers)]
+    ok = True
+    try:
+        while not stopping.wait(0.5):
+            for i, process in enumerate(processes):
+                if process.is_alive():
+                    continue
+                if process.exitcode == _NEVER_STARTED:
+                    logger.error("worker %d could not start; stopping", i)
+                    ok = False
+                    stopping.set()
+                    break
+                logger.warning("worker %d exited (%s); starting another", i, process.exitcode)
+                processes[i] = spawn(i)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: a graceful shutdown
+        for process in processes:
+            process.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+    return ok
+
+
+_NEVER_STARTED = 3
+
+
+def _worker(settings: Settings, sock: socket.socket) -> None:
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers with SIGTERM
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    server = Server(uvicorn_config(create_app(settings), settings))
+    server.run(sockets=[sock])
+    sys.exit(0 if server.started else _NEVER_STARTED)
 
 
 class BackgroundServer:

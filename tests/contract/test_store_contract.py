@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pg
 from arrwdb.adapters.storage.disk import DiskStore
 from arrwdb.adapters.storage.memory import InMemoryStore
 from arrwdb.domain.changes import (
@@ -41,15 +42,31 @@ class Adapter:
     durable: bool
 
 
+_SCHEMAS: dict[Path, str] = {}
+
+
+def _postgres(path: Path) -> Store:
+    from arrwdb.adapters.storage.postgres import PostgresStore
+
+    schema = _SCHEMAS.setdefault(path, pg.new_schema())  # one per test: reopened as it was
+    return PostgresStore(pg.url(), schema=schema, history_size=100_000, poll_interval=0.05)
+
+
 ADAPTERS = {
     "memory": Adapter(lambda _: InMemoryStore(history_size=100_000), durable=False),
     "disk": Adapter(lambda path: DiskStore(path / "store", fsync="never"), durable=True),
+    "postgres": Adapter(_postgres, durable=True),
 }
 
 
 @pytest.fixture(params=list(ADAPTERS))
-def adapter(request: pytest.FixtureRequest) -> Adapter:
-    return ADAPTERS[request.param]
+def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Adapter]:
+    if request.param == "postgres":
+        pg.require()
+    yield ADAPTERS[request.param]
+    schema = _SCHEMAS.pop(tmp_path, None)
+    if schema is not None:
+        pg.drop(schema)
 
 
 @pytest.fixture

@@ -55,6 +55,10 @@ class Catalog:
         entry = self._documents.get(library_id, {}).get(document_id)
         return None if entry is None else entry[1]
 
+    def entry(self, library_id: str, document_id: str) -> Entry | None:
+        """A document with its list position."""
+        return self._documents.get(library_id, {}).get(document_id)
+
     def libraries(self) -> list[Library]:
         """In creation order."""
         return list(self._libraries.values())

@@ -219,6 +219,23 @@ class ChangeLog(Protocol):
 
 
 @runtime_checkable
+class SharedLog(Protocol):
+    """A change log that other processes write to as well (a database several servers share):
+    its head moves without a local write, so a ``projection.Follower`` waits on ``wait_for``
+    and drives the projector after it."""
+
+    @property
+    def shared(self) -> bool:
+        """Always true (a marker)."""
+        ...
+
+    @property
+    def behind(self) -> int:
+        """How many changes the shared log held, when last asked, that ``head`` lacks."""
+        ...
+
+
+@runtime_checkable
 class EventHistory(Protocol):
     """Past change events, read back from where a store keeps its log (disk, a database), so
     that a subscriber that fell behind the in-memory history reads on instead of being cut."""

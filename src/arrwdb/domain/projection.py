@@ -27,7 +27,7 @@ from arrwdb.domain.changes import (
     LibraryCreated,
     LibraryDeleted,
 )
-from arrwdb.domain.errors import InternalError, LibraryNotFoundError
+from arrwdb.domain.errors import HistoryLostError, InternalError, LibraryNotFoundError
 from arrwdb.domain.models import Library, Matrix
 from arrwdb.domain.ports import ChangeLog, EventHub, IndexFactory, IndexStore, Repository
 
@@ -211,3 +211,47 @@ def _runs(changes: Sequence[Change]) -> Iterator[tuple[str, Sequence[Change]]]:
             run = []
     if run:
         yield run_library, run
+
+
+class Follower:
+    """Applies the changes other processes commit to a shared log: waits for the log's head to
+    pass the projection and drives the projector there, in a thread, until ``stop``."""
+
+    def __init__(self, log: ChangeLog, projector: Projector, wait: float = 1.0) -> None:
+        self._log = log
+        self._projector = projector
+        self._wait = wait
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: why following stopped making progress, if it did (for readiness)
+        self.error: Exception | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="arrwdb-follower", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                head = self._log.wait_for(self._projector.applied, timeout=self._wait)
+                if head > self._projector.applied and not self._stopped.is_set():
+                    self._projector.catch_up(head)
+                self.error = None
+            except HistoryLostError as exc:
+                # the changes this projection needs next are pruned: only a restart (which
+                # loads the tables) brings it up to date
+                if self.error is None:
+                    logger.error("cannot follow the change log any more (%s); restart", exc)
+                self.error = exc
+                self._stopped.wait(5.0)
+            except Exception as exc:
+                if self.error is None:
+                    logger.exception("following the change log failed; retrying")
+                self.error = exc
+                self._stopped.wait(1.0)

@@ -42,7 +42,12 @@ from arrwdb.domain._documents import DocumentBuilder, as_new_chunk, as_new_docum
 from arrwdb.domain._search import Searcher
 from arrwdb.domain.changes import Batch, DocumentSaved, LibraryUpdated
 from arrwdb.domain.chunking import Chunker
-from arrwdb.domain.errors import DocumentNotFoundError, InvalidArgumentError
+from arrwdb.domain.errors import (
+    DocumentNotFoundError,
+    HistoryLostError,
+    InvalidArgumentError,
+    StorageError,
+)
 from arrwdb.domain.events import StartPoint, check_event_types
 from arrwdb.domain.models import (
     Document,
@@ -62,10 +67,11 @@ from arrwdb.domain.ports import (
     EventHub,
     IndexFactory,
     IndexStore,
+    SharedLog,
     Store,
     Subscription,
 )
-from arrwdb.domain.projection import Projection, Projector
+from arrwdb.domain.projection import Follower, Projection, Projector
 
 logger = logging.getLogger("arrwdb.service")
 
@@ -99,6 +105,7 @@ class VectorDBService:
         self._saving = threading.Lock()  # one save_indexes at a time
         self._stop_autosave = threading.Event()
         self._autosaver: threading.Thread | None = None
+        self._follower: Follower | None = None
         self._loaded = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -163,9 +170,19 @@ class VectorDBService:
         self._autosaver = threading.Thread(target=run, name="arrwdb-index-saver", daemon=True)
         self._autosaver.start()
 
+    def follow(self) -> None:
+        """When the store's log is shared with other processes (``ports.SharedLog``), apply
+        their changes as they commit, in a background thread, until ``close``."""
+        if isinstance(self._store, SharedLog) and self._follower is None:
+            self._follower = Follower(self._store, self._projector)
+            self._follower.start()
+
     def close(self) -> None:
-        """Stop the periodic saves and save the changed indexes (a failure is logged: they
-        are rebuilt on the next open). The store and the hub are closed by their owner."""
+        """Stop following and the periodic saves, and save the changed indexes (a failure is
+        logged: they are rebuilt on the next open). The store and the hub are closed by their
+        owner."""
+        if self._follower is not None:
+            self._follower.stop()
         self._stop_autosave.set()
         if self._autosaver is not None:
             self._autosaver.join()
@@ -175,8 +192,12 @@ class VectorDBService:
             logger.exception("could not save the indexes: they will be rebuilt on next open")
 
     def check_ready(self) -> None:
-        """Raise ``StorageError`` when the store cannot serve."""
+        """Raise ``StorageError`` when the store cannot serve, or when this process can no
+        longer follow a shared log."""
         self._store.check()
+        follower = self._follower
+        if follower is not None and isinstance(follower.error, HistoryLostError):
+            raise StorageError(f"this server cannot catch up with the change log: {follower.error}")
 
     def backup(self, destination: str | os.PathLike[str]) -> Path:
         """Write a consistent copy of the store into the empty or new directory

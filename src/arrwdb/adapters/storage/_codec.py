@@ -162,8 +162,8 @@ def encode_record(batch: Batch) -> tuple[list[bytes], RecordHead]:
     first = changes[0].library_id if changes else ""
     library = first if all(change.library_id == first for change in changes) else ""
     raw_library = library.encode()
-    events = ENCODER.encode(batch.events())
-    body = ENCODER.encode(_body_of(changes))
+    events = encode_events(batch)
+    body = encode_changes(changes)
     at = changes[-1].at.timestamp() if changes else 0.0
     crc = zlib.crc32(events)
     packed = RECORD_HEAD.pack(batch.first, len(changes), at, len(events), crc, len(raw_library))
@@ -199,18 +199,67 @@ def decode_events(head: RecordHead, events: bytes | memoryview) -> list[Event]:
 def decode_record(payload: bytes) -> Batch:
     """The batch a record holds. Raises ``ValueError`` if it is unreadable."""
     head = read_head(payload)
+    return decode_changes(head.first, head.size, memoryview(payload)[head.changes_offset :])
+
+
+def encode_changes(changes: tuple[Change, ...]) -> bytes:
+    """The changes part of a record on its own (a database row keeps it in a column)."""
+    return ENCODER.encode(_body_of(changes))
+
+
+def encode_events(batch: Batch) -> bytes:
+    """The events part of a record on its own."""
+    return ENCODER.encode(batch.events())
+
+
+def decode_changes(first: int, size: int, body: bytes | memoryview) -> Batch:
+    """The batch of ``size`` changes from position ``first`` whose changes part is ``body``.
+    Raises ``ValueError`` if it is unreadable."""
     try:
-        body = _BODY_DECODER.decode(memoryview(payload)[head.changes_offset :])
+        decoded = _BODY_DECODER.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"unreadable changes ({exc})") from None
-    columns = [iter(column) for column in _columns(body)]
+    columns = [iter(column) for column in _columns(decoded)]
     try:
-        changes = tuple(next(columns[kind]) for kind in body.order)
+        changes = tuple(next(columns[kind]) for kind in decoded.order)
     except (IndexError, StopIteration):
         raise ValueError("the changes of a record do not match their order") from None
-    if len(changes) != head.size or any(next(column, None) is not None for column in columns):
-        raise ValueError(f"record says {head.size} changes but holds others")
-    return Batch(head.first, changes)
+    if len(changes) != size or any(next(column, None) is not None for column in columns):
+        raise ValueError(f"record says {size} changes but holds others")
+    return Batch(first, changes)
+
+
+def decode_event_list(events: bytes | memoryview) -> list[Event]:
+    """An events part without its checksum (a database row's). Raises ``ValueError``."""
+    try:
+        return EVENTS_DECODER.decode(events)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"unreadable events ({exc})") from None
+
+
+def encode_library(library: Library) -> bytes:
+    return ENCODER.encode(library)
+
+
+def decode_library(data: bytes | memoryview) -> Library:
+    """Raises ``ValueError``."""
+    try:
+        return _LIBRARY_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"unreadable library ({exc})") from None
+
+
+def encode_document(document: Document) -> bytes:
+    """A document with its chunks and their embeddings."""
+    return ENCODER.encode(document)
+
+
+def decode_document(data: bytes | memoryview) -> Document:
+    """Raises ``ValueError``."""
+    try:
+        return _DOCUMENT_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"unreadable document ({exc})") from None
 
 
 class _Body(msgspec.Struct, array_like=True):
@@ -313,6 +362,8 @@ def _dec_hook(kind: Any, obj: Any) -> Any:
 ENCODER: Final = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 EVENTS_DECODER: Final[msgspec.msgpack.Decoder[list[Event]]] = msgspec.msgpack.Decoder(list[Event])
 _BODY_DECODER: Final = msgspec.msgpack.Decoder(_Body, dec_hook=_dec_hook)
+_LIBRARY_DECODER: Final = msgspec.msgpack.Decoder(Library)
+_DOCUMENT_DECODER: Final = msgspec.msgpack.Decoder(Document, dec_hook=_dec_hook)
 SNAPSHOT_DECODER: Final[msgspec.msgpack.Decoder[SnapshotItem]] = msgspec.msgpack.Decoder(
     SnapshotItem, dec_hook=_dec_hook
 )
