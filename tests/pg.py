@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import uuid
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,10 @@ def drop(schema: str) -> None:
 
     with psycopg.connect(url(), autocommit=True) as conn:
         drop_schema(conn, schema)
+
+
+def connect() -> Any:
+    """An autocommit connection to the test server (for administration)."""
+    import psycopg
+
+    return psycopg.connect(url(), autocommit=True)

@@ -58,6 +58,7 @@ class Settings:
     sse_keepalive: float = 15.0
     sse_send_timeout: float = 10.0
     ndjson_batch: int = 256
+    consistency_timeout: float = 5.0
     shutdown_timeout: float = 10.0
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ in-process exceptions; transports map the classes below to statuses in one table
     ├── SubscriptionClosedError      subscription_closed  a change stream was closed
     │   └── SlowConsumerError        slow_consumer        its unread events are gone; resume
     ├── HistoryLostError             history_lost         changes after an id are no longer kept
+    ├── LaggingError                 lagging              a read's min_event_id is not applied yet
     ├── StorageError                 storage_error        the store cannot complete a write
     └── InternalError                internal_error       a bug; details are logged, never sent
 """
@@ -135,6 +136,21 @@ class HistoryLostError(ArrwdbError):
         )
         self.after = after
         self.earliest = earliest
+
+
+class LaggingError(ArrwdbError):
+    """A read asked for the effects of an event this server has not applied yet, and waiting
+    for it timed out (another server wrote it; this one is behind): retry shortly."""
+
+    code = "lagging"
+
+    def __init__(self, applied: int, wanted: int, waited: float) -> None:
+        super().__init__(
+            f"this server has applied events up to {applied}, not yet {wanted} "
+            f"(waited {waited:g} s); retry",
+            event_id=str(applied),
+            min_event_id=str(wanted),
+        )
 
 
 class StorageError(ArrwdbError):

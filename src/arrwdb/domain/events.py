@@ -93,6 +93,18 @@ class StartPoint:
         return cls(value)
 
 
+def parse_event_id(value: object, field: str) -> int:
+    """An event id given by a client (``"123"`` or ``123``) as a position. Raises
+    ``InvalidArgumentError`` naming ``field``."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64:
+        return value
+    if isinstance(value, str) and (value == "0" or _is_event_id(value)):
+        return int(value)
+    raise InvalidArgumentError(
+        f"{field} must be an event id (decimal digits), not {str(value)[:40]!r}", field=field
+    )
+
+
 def _is_event_id(text: str) -> bool:
     """ASCII digits only, at most 20 of them (a u64): ``int()`` would also take other scripts'
     digits and refuse (or take long over) thousands of them."""

@@ -28,6 +28,7 @@ anything is appended, and a store failure leaves the projection and the event st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -46,6 +47,7 @@ from arrwdb.domain.errors import (
     DocumentNotFoundError,
     HistoryLostError,
     InvalidArgumentError,
+    LaggingError,
     StorageError,
 )
 from arrwdb.domain.events import StartPoint, check_event_types
@@ -106,6 +108,7 @@ class VectorDBService:
         self._stop_autosave = threading.Event()
         self._autosaver: threading.Thread | None = None
         self._follower: Follower | None = None
+        self._written = threading.local()  # the position of each thread's last write
         self._loaded = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -374,7 +377,19 @@ class VectorDBService:
         if batch.changes:
             hint = None if vectors is None else (batch.first, vectors)
             self._projector.catch_up(batch.last, vectors=hint)
+            self._written.position = batch.last
+        else:
+            self._written.position = self._projection.applied
         return batch
+
+    def written_position(self) -> int | None:
+        """The id of the last event of the calling thread's last write (for a write that
+        changed nothing, the last event applied then), once: what a write's response reports,
+        so that a read elsewhere can ask for its effect (``await_applied``). ``None`` when
+        the thread wrote nothing since it last asked."""
+        position: int | None = getattr(self._written, "position", None)
+        self._written.position = None
+        return position
 
     # -- search -------------------------------------------------------------------------------
 
@@ -441,6 +456,21 @@ class VectorDBService:
         """On an event loop: the last event id once it passes ``after`` (or after ``timeout``
         seconds). Raises ``SubscriptionClosedError`` once the stream is closed."""
         return await self._hub.wait_beyond(after, timeout)
+
+    async def await_applied(self, position: int, timeout: float) -> None:
+        """On an event loop: return once the change at ``position`` is applied here (a read
+        that must see a write made through another server). Raises ``LaggingError`` after
+        ``timeout`` seconds."""
+        if self._projection.applied >= position:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise LaggingError(self._projection.applied, position, timeout)
+            if await self._hub.wait_beyond(position - 1, remaining) >= position:
+                return  # published: its changes are applied
 
     @property
     def last_event_id(self) -> int:

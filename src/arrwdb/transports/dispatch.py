@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 
+from arrwdb.domain.events import parse_event_id
 from arrwdb.domain.models import (
     Document,
     Library,
@@ -221,6 +222,14 @@ class WriteGate:
             await self._idle.wait()
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A write's response and the id of its last event (``Arrwdb-Event-Id``)."""
+
+    result: Any
+    event_id: str
+
+
 class Dispatcher:
     """Runs actions of :data:`ACTIONS` against the service, off the event loop."""
 
@@ -231,11 +240,13 @@ class Dispatcher:
         *,
         read_lanes: int = 1,
         read_batch: int = 32,
+        consistency_timeout: float = 5.0,
     ) -> None:
         self._service = service
         self.gate = gate
         self._read_lanes = read_lanes
         self._read_batch = read_batch
+        self._consistency_timeout = consistency_timeout
         #: library id (None: library-less reads) -> its hops, while it has reads in flight
         self._reads: dict[str | None, ReadHops] = {}
 
@@ -246,21 +257,48 @@ class Dispatcher:
         request: Any = None,
         *,
         then: Callable[[Any], Any] | None = None,
+        min_event_id: object = None,
     ) -> Any:
         """Run one action; raises what the service raises (mapped by ``errors.classify``).
         ``then`` (e.g. encoding the response) is applied to the response Struct in the worker
-        thread, off the event loop, and its result is returned instead."""
+        thread, off the event loop, and its result is returned instead. A read waits first
+        until the event ``min_event_id`` (the argument, or the request's field) is applied
+        here (``LaggingError`` after the consistency timeout)."""
         action = ACTIONS[name]
+        if action.write:
+            written = await self.write(
+                name, library_id, request, then=None if then is None else lambda r, _: then(r)
+            )
+            return written.result
         service = self._service()
-        if not action.write:
-            return await self._read(Read(action, service, library_id, request, then))
+        wanted = min_event_id if min_event_id is not None else _min_event_id(request)
+        if wanted is not None:
+            position = parse_event_id(wanted, "min_event_id")
+            await service.await_applied(position, self._consistency_timeout)
+        return await self._read(Read(action, service, library_id, request, then))
+
+    async def write(
+        self,
+        name: str,
+        library_id: str | None,
+        request: Any = None,
+        *,
+        then: Callable[[Any, str], Any] | None = None,
+    ) -> Written:
+        """Run one write action; its response (``then(response, event_id)`` if given, in the
+        worker thread) and the id of its last event."""
+        action = ACTIONS[name]
+        assert action.write, f"{name} is not a write"
+        service = self._service()
+
+        def run() -> Written:
+            response = action.perform(service, library_id, request)
+            event_id = _event_id(service)
+            return Written(response if then is None else then(response, event_id), event_id)
+
         self.gate.enter()
         try:
-            if then is None:
-                return await anyio.to_thread.run_sync(action.perform, service, library_id, request)
-            return await anyio.to_thread.run_sync(
-                lambda: then(action.perform(service, library_id, request))
-            )
+            return await anyio.to_thread.run_sync(run)
         finally:
             self.gate.exit()
 
@@ -281,7 +319,7 @@ class Dispatcher:
         self, name: str, library_id: str | None, requests: Sequence[Any]
     ) -> list[Any]:
         """Run one action per request in a single worker-thread hop; each item of the result
-        is the response Struct or the exception that request raised."""
+        is the response Struct (a write's: ``Written``) or the exception that request raised."""
         action = ACTIONS[name]
         service = self._service()
 
@@ -289,7 +327,8 @@ class Dispatcher:
             out: list[Any] = []
             for request in requests:
                 try:
-                    out.append(action.perform(service, library_id, request))
+                    response = action.perform(service, library_id, request)
+                    out.append(Written(response, _event_id(service)) if action.write else response)
                 except Exception as exc:  # reported per item by the caller
                     out.append(exc)
             return out
@@ -301,3 +340,12 @@ class Dispatcher:
             return await anyio.to_thread.run_sync(run_all)
         finally:
             self.gate.exit()
+
+
+def _event_id(service: VectorDBService) -> str:
+    position = service.written_position()
+    return str(service.last_event_id if position is None else position)
+
+
+def _min_event_id(request: Any) -> object:
+    return getattr(request, "min_event_id", None)

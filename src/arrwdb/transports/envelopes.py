@@ -102,6 +102,8 @@ class WSResponse(Struct, kw_only=True):
     error: str | UnsetType = UNSET
     code: str | UnsetType = UNSET
     field: str | UnsetType = UNSET
+    #: a write's last event (extension): a read elsewhere may wait for it (``min_event_id``)
+    event_id: str | UnsetType = UNSET
 
 
 class SubscriptionState(Struct, kw_only=True):
@@ -129,6 +131,8 @@ class WSSystem(Struct, kw_only=True):
     type: Literal["system"] = "system"
     message: str
     connection_id: str
+    #: the last event this server had applied (extension)
+    event_id: str | UnsetType = UNSET
 
 
 class EventEnvelope(Struct, kw_only=True):
@@ -149,6 +153,8 @@ class IngestLine(Struct, kw_only=True):
     line: int
     success: bool
     document_id: str | UnsetType = UNSET
+    #: the id of the event of the commit that added it
+    event_id: str | UnsetType = UNSET
     error: str | UnsetType = UNSET
     code: str | UnsetType = UNSET
     field: str | UnsetType = UNSET

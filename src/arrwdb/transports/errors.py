@@ -21,6 +21,7 @@ responses, NDJSON error lines.
     ShuttingDown                          503  shutting_down
     SubscriptionClosedError               503  subscription_closed / slow_consumer
     domain HistoryLostError               410  history_lost
+    domain LaggingError                   503  lagging        (``Retry-After: 1``)
     anything else                         500  internal_error   (logged with its traceback;
                                                the client gets an opaque message, never str(exc))
 
@@ -45,6 +46,7 @@ from arrwdb.domain.errors import (
     HistoryLostError,
     InternalError,
     InvalidArgumentError,
+    LaggingError,
     NotFoundError,
     StorageError,
     SubscriptionClosedError,
@@ -118,6 +120,7 @@ _DOMAIN_STATUS: tuple[tuple[type[ArrwdbError], int], ...] = (
     (StorageError, 503),
     (SubscriptionClosedError, 503),
     (HistoryLostError, 410),
+    (LaggingError, 503),
 )
 
 #: Where a request's parameters are (Litestar's ``ParamType`` values): not the body.
@@ -195,6 +198,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     headers = None
     if isinstance(exc, HTTPException) and exc.headers:
         headers = dict(exc.headers)
+    elif isinstance(exc, LaggingError):
+        headers = {"Retry-After": "1"}
     return problem_response(fault, headers)
 
 

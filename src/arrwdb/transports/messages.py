@@ -151,6 +151,8 @@ class DocumentGet(Struct, kw_only=True):
 
     document_id: str
     include_embedding: bool = False
+    #: answer once this event is applied here (a write made through another server)
+    min_event_id: str | int | None = None
 
 
 class DocumentUpdate(Struct, kw_only=True):
@@ -209,6 +211,8 @@ class SearchIn(Struct, kw_only=True):
     filter: dict[str, Any] | None = None
     ef: Ef | None = None
     include_embedding: bool = False
+    #: answer once this event is applied here (a write made through another server)
+    min_event_id: str | int | None = None
 
 
 class SearchHitOut(Struct, kw_only=True, omit_defaults=True):
@@ -233,6 +237,8 @@ class SearchOut(Struct, kw_only=True):
 class Health(Struct, kw_only=True):
     status: str
     version: str
+    #: the last event this server has applied
+    event_id: str
 
 
 class Readiness(Struct, kw_only=True):

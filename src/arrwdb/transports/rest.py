@@ -11,10 +11,11 @@ import re
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from litestar import Router, delete, get, patch, post
+from litestar.datastructures import ResponseHeader
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Response
 
@@ -48,6 +49,22 @@ LIBRARY = "/v1/libraries/{library_id:str}"
 DOCUMENT = LIBRARY + "/documents/{document_id:str}"
 #: ``?limit=``: its bound is shown in the OpenAPI document (``schema_extra``) but checked by
 #: the domain, so a page size out of range gets the domain's message as it does in process.
+#: ``?min_event_id=``: answer once this server has applied that event (or 503 ``lagging``).
+_MinEventId = Annotated[
+    str | None,
+    QueryParameter(
+        description="Answer once this event is applied here: a write made through another "
+        "server (its `Arrwdb-Event-Id`). 503 `lagging` after the consistency timeout."
+    ),
+]
+EVENT_ID_HEADER = "Arrwdb-Event-Id"
+_EVENT_ID = [
+    ResponseHeader(
+        name=EVENT_ID_HEADER,
+        description="The id of the write's last event.",
+        documentation_only=True,
+    )
+]
 _PAGE_LIMIT = QueryParameter(
     description=f"Page size, {PAGE_LIMIT}.",
     schema_extra={"minimum": PAGE_LIMIT.low, "maximum": PAGE_LIMIT.high},
@@ -67,51 +84,65 @@ VERSION = _version()
 # -- libraries ------------------------------------------------------------------------------
 
 
-@post("/v1/libraries", status_code=201, tags=["libraries"])
-async def create_library(runtime: RuntimeDep, data: JSONBody[LibraryCreate]) -> LibraryOut:
+async def _write(
+    runtime: RuntimeDep, name: str, library_id: str | None, data: Any = None, status: int = 200
+) -> Response[Any]:
+    """A write action's response, with the id of its last event in ``Arrwdb-Event-Id``."""
+    written = await runtime.dispatcher.write(name, library_id, data)
+    content = None if status == 204 else written.result
+    return Response(content, status_code=status, headers={EVENT_ID_HEADER: written.event_id})
+
+
+@post("/v1/libraries", status_code=201, tags=["libraries"], response_headers=_EVENT_ID)
+async def create_library(
+    runtime: RuntimeDep, data: JSONBody[LibraryCreate]
+) -> Response[LibraryOut]:
     """Create a library (201). A taken name is a 409."""
-    out: LibraryOut = await runtime.dispatcher.execute("create_library", None, data)
-    return out
+    return await _write(runtime, "create_library", None, data, 201)
 
 
 @get("/v1/libraries", tags=["libraries"])
-async def list_libraries(runtime: RuntimeDep) -> LibraryList:
+async def list_libraries(runtime: RuntimeDep, min_event_id: _MinEventId = None) -> LibraryList:
     """Every library, in creation order."""
-    out: LibraryList = await runtime.dispatcher.execute("list_libraries", None)
+    out: LibraryList = await runtime.dispatcher.execute(
+        "list_libraries", None, min_event_id=min_event_id
+    )
     return out
 
 
 @get(LIBRARY, tags=["libraries"])
-async def get_library(runtime: RuntimeDep, library_id: FromPath[str]) -> LibraryOut:
-    out: LibraryOut = await runtime.dispatcher.execute("get_library", library_id)
+async def get_library(
+    runtime: RuntimeDep, library_id: FromPath[str], min_event_id: _MinEventId = None
+) -> LibraryOut:
+    out: LibraryOut = await runtime.dispatcher.execute(
+        "get_library", library_id, min_event_id=min_event_id
+    )
     return out
 
 
-@patch(LIBRARY, tags=["libraries"])
+@patch(LIBRARY, tags=["libraries"], response_headers=_EVENT_ID)
 async def update_library(
     runtime: RuntimeDep, library_id: FromPath[str], data: JSONBody[LibraryUpdate]
-) -> LibraryOut:
+) -> Response[LibraryOut]:
     """Change the name, description or metadata; fields left out stay as they are."""
-    out: LibraryOut = await runtime.dispatcher.execute("update_library", library_id, data)
-    return out
+    return await _write(runtime, "update_library", library_id, data)
 
 
-@delete(LIBRARY, status_code=204, tags=["libraries"])
-async def delete_library(runtime: RuntimeDep, library_id: FromPath[str]) -> None:
+@delete(LIBRARY, status_code=204, tags=["libraries"], response_headers=_EVENT_ID)
+async def delete_library(runtime: RuntimeDep, library_id: FromPath[str]) -> Response[None]:
     """Delete a library with all of its documents (204)."""
-    await runtime.dispatcher.execute("delete_library", library_id)
+    return await _write(runtime, "delete_library", library_id, status=204)
 
 
 # -- documents ------------------------------------------------------------------------------
 
 
-@post(LIBRARY + "/documents", status_code=201, tags=["documents"])
+@post(LIBRARY + "/documents", status_code=201, tags=["documents"], response_headers=_EVENT_ID)
 async def add_documents(
     runtime: RuntimeDep, library_id: FromPath[str], data: JSONBody[DocumentsIn]
-) -> DocumentOut | list[DocumentOut]:
+) -> Response[DocumentOut | list[DocumentOut]]:
     """Add a document (``text`` or ``chunks``), or a list of them in one commit (201)."""
-    out: DocumentOut | list[DocumentOut] = await runtime.dispatcher.execute("add", library_id, data)
-    return out
+    return await _write(runtime, "add", library_id, data, 201)
 
 
 @get(LIBRARY + "/documents", tags=["documents"])
@@ -120,10 +151,14 @@ async def list_documents(
     library_id: FromPath[str],
     limit: Annotated[int, _PAGE_LIMIT] = 100,
     cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of a page.")] = None,
+    min_event_id: _MinEventId = None,
 ) -> DocumentPage:
     """Documents in insertion order, without chunks; follow ``next_cursor`` for more."""
     out: DocumentPage = await runtime.dispatcher.execute(
-        "list_documents", library_id, DocumentList(limit=limit, cursor=cursor)
+        "list_documents",
+        library_id,
+        DocumentList(limit=limit, cursor=cursor),
+        min_event_id=min_event_id,
     )
     return out
 
@@ -134,31 +169,34 @@ async def get_document(
     library_id: FromPath[str],
     document_id: FromPath[str],
     include_embedding: Annotated[bool, QueryParameter(description="With embeddings.")] = False,
+    min_event_id: _MinEventId = None,
 ) -> DocumentOut:
     """A document with its chunks."""
-    request = DocumentGet(document_id=document_id, include_embedding=include_embedding)
+    request = DocumentGet(
+        document_id=document_id, include_embedding=include_embedding, min_event_id=min_event_id
+    )
     out: DocumentOut = await runtime.dispatcher.execute("get", library_id, request)
     return out
 
 
-@patch(DOCUMENT, tags=["documents"])
+@patch(DOCUMENT, tags=["documents"], response_headers=_EVENT_ID)
 async def update_document(
     runtime: RuntimeDep,
     library_id: FromPath[str],
     document_id: FromPath[str],
     data: JSONBody[DocumentPatch],
-) -> DocumentOut:
+) -> Response[DocumentOut]:
     """Change title/metadata, or replace the content with ``text`` or ``chunks``."""
     request = DocumentUpdate(document_id=document_id, patch=data)
-    out: DocumentOut = await runtime.dispatcher.execute("update_document", library_id, request)
-    return out
+    return await _write(runtime, "update_document", library_id, request)
 
 
-@delete(DOCUMENT, status_code=204, tags=["documents"])
+@delete(DOCUMENT, status_code=204, tags=["documents"], response_headers=_EVENT_ID)
 async def delete_document(
     runtime: RuntimeDep, library_id: FromPath[str], document_id: FromPath[str]
-) -> None:
-    await runtime.dispatcher.execute("delete", library_id, DocumentId(document_id=document_id))
+) -> Response[None]:
+    request = DocumentId(document_id=document_id)
+    return await _write(runtime, "delete", library_id, request, 204)
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -221,9 +259,9 @@ async def create_backup(runtime: RuntimeDep, data: JSONBody[BackupIn]) -> Backup
 
 
 @get("/v1/health", tags=["health"])
-async def health() -> Health:
-    """Liveness: the process serves requests."""
-    return Health(status="ok", version=VERSION)
+async def health(runtime: RuntimeDep) -> Health:
+    """Liveness: the process serves requests; ``event_id``: the last event it has applied."""
+    return Health(status="ok", version=VERSION, event_id=str(runtime.service.last_event_id))
 
 
 @get("/v1/health/ready", tags=["health"])

@@ -335,7 +335,9 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.gate = WriteGate()
-        self.dispatcher = Dispatcher(lambda: self.service, self.gate)
+        self.dispatcher = Dispatcher(
+            lambda: self.service, self.gate, consistency_timeout=settings.consistency_timeout
+        )
         self.frames = EventFrames()
         self.fanout = FanOut(self)
         self.connections = ConnectionRegistry()

@@ -35,6 +35,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from msgspec import UNSET
 
 from arrwdb.domain.errors import AlreadyExistsError, ValidationError
+from arrwdb.transports.dispatch import Written
 from arrwdb.transports.envelopes import IngestLine, IngestSummary, IngestSummaryLine, SearchLine
 from arrwdb.transports.errors import (
     PayloadTooLarge,
@@ -197,15 +198,20 @@ async def _ingest(runtime: Runtime, library_id: str, batch: Batch) -> tuple[byte
     if docs:
         results: list[Any]
         try:
-            results = await runtime.dispatcher.execute("add", library_id, docs)
+            written = await runtime.dispatcher.write("add", library_id, docs)
+            # one event per document, consecutive, in line order: each line gets its own
+            first = int(written.event_id) - len(docs) + 1
+            results = [Written(out, str(first + i)) for i, out in enumerate(written.result)]
         except (ValidationError, AlreadyExistsError):
             # one document spoiled the commit: add them one by one to find it
             results = await runtime.dispatcher.execute_each("add", library_id, docs)
         except Exception as exc:  # library gone, storage down, shutting down...
             results = [exc] * len(docs)
         for n, result in zip(numbers, results, strict=True):
-            if isinstance(result, DocumentOut):
-                answers[n] = IngestLine(line=n, success=True, document_id=result.id)
+            if isinstance(result, Written) and isinstance(result.result, DocumentOut):
+                answers[n] = IngestLine(
+                    line=n, success=True, document_id=result.result.id, event_id=result.event_id
+                )
             else:
                 answers[n] = _failed(n, result)
     ok = sum(1 for a in answers.values() if a.success)

@@ -39,10 +39,11 @@ import msgspec
 from anyio.abc import TaskGroup
 from litestar import Router, WebSocket, get, websocket
 from litestar.params import FromPath
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from arrwdb.domain.errors import NotFoundError, SlowConsumerError, SubscriptionClosedError
 from arrwdb.domain.ports import Subscription
+from arrwdb.transports.dispatch import ACTIONS
 from arrwdb.transports.envelopes import (
     RequestId,
     SubscribeRequest,
@@ -146,6 +147,7 @@ class _Connection:
                 welcome = WSSystem(
                     message=f"Connected to library {self.library_id}",
                     connection_id=self.connection_id,
+                    event_id=str(self._runtime.service.last_event_id),
                 )
                 self._out.send_nowait((_frame(welcome), None))  # the first frame, before any event
                 tg.start_soon(self._write_loop)
@@ -220,13 +222,22 @@ class _Connection:
             action = type(request).__struct_config__.tag
             rid = request.request_id
 
-            def encode(data: Any) -> str:  # in the worker thread, off the event loop
-                return _frame(WSResponse(request_id=rid, success=True, data=data))
-
-            try:
-                frame: str = await self._runtime.dispatcher.execute(
-                    str(action), self.library_id, request.data, then=encode
+            def encode(data: Any, event_id: str | UnsetType = UNSET) -> str:  # off the loop
+                return _frame(
+                    WSResponse(request_id=rid, success=True, data=data, event_id=event_id)
                 )
+
+            dispatcher = self._runtime.dispatcher
+            try:
+                if ACTIONS[str(action)].write:
+                    written = await dispatcher.write(
+                        str(action), self.library_id, request.data, then=encode
+                    )
+                    frame: str = written.result
+                else:
+                    frame = await dispatcher.execute(
+                        str(action), self.library_id, request.data, then=encode
+                    )
             except Exception as exc:
                 fault = classify(exc)
                 frame = _error(request.request_id, fault.code, fault.message, fault.field)

@@ -43,6 +43,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -135,6 +136,8 @@ class PostgresStore:
     ) -> None:
         self.url = url
         self.schema = schema
+        #: how this server's connections are named in ``pg_stat_activity``
+        self.application_name = f"arrwdb-{uuid.uuid4().hex[:12]}"
         self._history_size = max(1, history_size)
         self._history_max_age = history_max_age
         self._notify = notify
@@ -174,7 +177,10 @@ class PostgresStore:
         self._started = True
         try:  # one connection first: its error says why (a pool's only that it timed out)
             with psycopg.connect(
-                self.url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+                self.url,
+                autocommit=True,
+                connect_timeout=max(1, int(self._connect_timeout)),
+                application_name=self.application_name,
             ) as conn:
                 ensure_schema(conn, self.schema)
                 self._sql = Statements(conn, self.schema)
@@ -191,7 +197,7 @@ class PostgresStore:
             self.url,
             min_size=1,
             max_size=self._pool_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "application_name": self.application_name},
             open=False,
             name="arrwdb",
         )
@@ -664,7 +670,10 @@ class PostgresStore:
         conn = self._writer
         if conn is None or conn.closed or conn.broken:
             conn = self._writer = psycopg.connect(
-                self.url, autocommit=False, connect_timeout=max(1, int(self._connect_timeout))
+                self.url,
+                autocommit=False,
+                connect_timeout=max(1, int(self._connect_timeout)),
+                application_name=self.application_name,
             )
             conn.execute("SET idle_in_transaction_session_timeout = '60s'")
             conn.commit()
@@ -689,7 +698,10 @@ class PostgresStore:
         assert self._sql is not None
         try:
             conn = psycopg.connect(
-                self.url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+                self.url,
+                autocommit=True,
+                connect_timeout=max(1, int(self._connect_timeout)),
+                application_name=self.application_name,
             )
             conn.execute(self._sql.listen)
         except psycopg.Error as exc:
