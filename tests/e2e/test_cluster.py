@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pg
 import pytest
 import websockets.sync.client as ws_client
 from httpx_sse import connect_sse
 
+import pg
 from arrwdb.config import Settings
 from arrwdb.container import Container, build_container
 from arrwdb.server import BackgroundServer
