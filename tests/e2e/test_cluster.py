@@ -310,44 +310,40 @@ def test_rules_hold_across_servers(cluster) -> None:  # type: ignore[no-untyped-
     # concurrent PATCHes of one document on two servers: both acknowledged writes stand
     library_id, _ = create_library(a)
     for trial in range(20):
-        with a.http() as on_a:
-            doc_id = on_a.post(
-                f"/v1/libraries/{library_id}/documents", json=document("old", trial)
-            ).json()["id"]
-        barrier = threading.Barrier(2)
-        events: list[str] = []
+        _patch_race(a, b, library_id, trial)
 
-        def title(doc_id: str = doc_id, trial: int = trial) -> None:
-            with a.http() as http:
-                barrier.wait()
-                r = http.patch(
-                    f"/v1/libraries/{library_id}/documents/{doc_id}", json={"title": f"t{trial}"}
-                )
-                assert r.status_code == 200
-                events.append(r.headers["arrwdb-event-id"])
 
-        def text(doc_id: str = doc_id) -> None:
-            with b.http() as http:
-                barrier.wait()
-                r = http.patch(
-                    f"/v1/libraries/{library_id}/documents/{doc_id}",
-                    json={"chunks": [{"text": "new", "embedding": vector(3)}]},
-                )
-                assert r.status_code == 200
-                events.append(r.headers["arrwdb-event-id"])
+def _patch_race(a: Node, b: Node, library_id: str, trial: int) -> None:
+    """PATCH title on ``a`` and PATCH text on ``b`` at once: the document reflects both."""
+    with a.http() as on_a:
+        doc_id = on_a.post(
+            f"/v1/libraries/{library_id}/documents", json=document("old", trial)
+        ).json()["id"]
+    barrier = threading.Barrier(2)
+    events: list[str] = []
+    url = f"/v1/libraries/{library_id}/documents/{doc_id}"
 
-        threads = [threading.Thread(target=title), threading.Thread(target=text)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
-        latest = max(events, key=int)
-        with b.http() as on_b:
-            doc = on_b.get(
-                f"/v1/libraries/{library_id}/documents/{doc_id}", params={"min_event_id": latest}
-            ).json()
-        assert doc["title"] == f"t{trial}"
-        assert [c["text"] for c in doc["chunks"]] == ["new"]
+    def patch(node: Node, body: dict[str, Any]) -> None:
+        with node.http() as http:
+            barrier.wait()
+            r = http.patch(url, json=body)
+            assert r.status_code == 200
+            events.append(r.headers["arrwdb-event-id"])
+
+    text = {"chunks": [{"text": "new", "embedding": vector(3)}]}
+    threads = [
+        threading.Thread(target=patch, args=(a, {"title": f"t{trial}"})),
+        threading.Thread(target=patch, args=(b, text)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(events) == 2
+    with b.http() as on_b:
+        doc = on_b.get(url, params={"min_event_id": max(events, key=int)}).json()
+    assert doc["title"] == f"t{trial}"
+    assert [c["text"] for c in doc["chunks"]] == ["new"]
 
 
 def test_followers_converge_by_polling_and_after_a_lost_connection(cluster) -> None:  # type: ignore[no-untyped-def]
