@@ -1,0 +1,129 @@
+"""kill -9 one of two servers over one PostgreSQL schema while clients ingest into both:
+nothing acknowledged is lost, and the restarted server catches up to the same answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from processes import ServerProcess
+
+import pg
+
+DIM = 16
+TRIALS = int(os.environ.get("ARRWDB_CLUSTER_CRASH_TRIALS", "3"))
+
+pytestmark = pytest.mark.slow
+
+
+def _vector(key: str) -> list[float]:
+    seed = int.from_bytes(key.encode()[-8:].rjust(8, b"\0"), "little")
+    return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32).tolist()
+
+
+def _ingest(
+    url: str, library_id: str, client: int, acked: dict[str, str], stop: threading.Event
+) -> None:
+    """NDJSON requests of 5 documents until told to stop or the server dies."""
+    batch = 0
+    with httpx.Client(base_url=url, timeout=10) as http:
+        while not stop.is_set():
+            keys = [f"c{client}-b{batch}-{i}" for i in range(5)]
+            body = "".join(
+                json.dumps({"title": k, "chunks": [{"text": k, "embedding": _vector(k)}]}) + "\n"
+                for k in keys
+            )
+            try:
+                with http.stream(
+                    "POST",
+                    f"/v1/libraries/{library_id}/documents/stream",
+                    content=body.encode(),
+                    headers={"content-type": "application/x-ndjson"},
+                ) as response:
+                    for line in response.iter_lines():
+                        msg = json.loads(line) if line else {}
+                        if msg.get("success"):
+                            acked[keys[msg["line"] - 1]] = msg["document_id"]
+            except (httpx.TransportError, json.JSONDecodeError):
+                return
+            batch += 1
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_kill_9_of_one_server_loses_nothing_and_it_catches_up(pg_schema: str, trial: int) -> None:
+    args = ["--storage", "postgres", "--postgres-url", pg.url(), "--postgres-schema", pg_schema]
+    a, b = ServerProcess(args), ServerProcess(args)
+    a.start()
+    b.start()
+    restarted: ServerProcess | None = None
+    try:
+        with httpx.Client(base_url=a.url, timeout=10) as http:
+            created = http.post(
+                "/v1/libraries", json={"name": "crash", "dimension": DIM, "index": "hnsw"}
+            )
+            library_id = created.json()["id"]
+        acked: dict[str, str] = {}
+        stop = threading.Event()
+        clients = [
+            threading.Thread(target=_ingest, args=(url, library_id, i, acked, stop))
+            for i, url in enumerate([a.url, a.url, b.url, b.url])
+        ]
+        for c in clients:
+            c.start()
+        time.sleep(random.Random(trial).uniform(1.0, 2.5))
+        b.kill()
+        time.sleep(1.0)  # a goes on alone
+        stop.set()
+        for c in clients:
+            c.join(timeout=30)
+        assert len(acked) > 50
+        restarted = ServerProcess(args)
+        restarted.start()
+        with (
+            httpx.Client(base_url=a.url, timeout=30) as on_a,
+            httpx.Client(base_url=restarted.url, timeout=30) as on_b,
+        ):
+            final = on_a.get("/v1/health").json()["event_id"]
+            for node in (on_a, on_b):
+                page = node.get(
+                    f"/v1/libraries/{library_id}/documents",
+                    params={"limit": 1000, "min_event_id": final},
+                ).json()
+                titles = set()
+                while True:
+                    titles |= {d["title"] for d in page["documents"]}
+                    if not page["next_cursor"]:
+                        break
+                    page = node.get(
+                        f"/v1/libraries/{library_id}/documents",
+                        params={"limit": 1000, "cursor": page["next_cursor"]},
+                    ).json()
+                missing = set(acked) - titles
+                assert not missing, f"{len(missing)} acknowledged documents lost"
+            rng = np.random.default_rng(7)
+            for _ in range(100):
+                query = {
+                    "query_vector": rng.standard_normal(DIM).tolist(),
+                    "k": 10,
+                    "min_event_id": final,
+                }
+                hits = [
+                    [
+                        h["chunk_id"]
+                        for h in node.post(f"/v1/libraries/{library_id}/search", json=query).json()[
+                            "results"
+                        ]
+                    ]
+                    for node in (on_a, on_b)
+                ]
+                assert hits[0] == hits[1]
+    finally:
+        for server in (a, b, restarted):
+            if server is not None:
+                server.stop()
