@@ -1,6 +1,7 @@
 """A real arrwDB server in a child process, for the benchmarks that go over the network.
 
-``ServerProcess`` runs ``python -m arrwdb.cli serve --storage memory`` on a free loopback port
+``ServerProcess`` runs ``python -m arrwdb.cli serve --storage memory`` (or other storage
+options) on a free loopback port
 with the caller's ``ARRWDB_*`` variables removed (so a benchmark measures the defaults plus what
 it sets itself), logs to a file and stops gracefully (SIGTERM: the server drains).
 ``rss_kib`` and ``cpu_seconds`` read a process's memory and CPU time from ``/proc``.
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -56,8 +57,9 @@ def cpu_seconds(pid: int) -> float:
 class ServerProcess:
     """``arrwdb serve --storage memory`` in a child process, on a free loopback port.
 
-    ``env`` adds ``ARRWDB_*`` settings; the log goes to ``log_path`` (kept), or to a temporary
-    file that is deleted on ``stop`` unless ``keep_log``."""
+    ``env`` adds ``ARRWDB_*`` settings, ``storage`` replaces the storage options; the log goes
+    to ``log_path`` (kept), or to a temporary file that is deleted on ``stop`` unless
+    ``keep_log``."""
 
     def __init__(
         self,
@@ -66,6 +68,7 @@ class ServerProcess:
         log_level: str = "warning",
         log_path: Path | None = None,
         keep_log: bool = False,
+        storage: Sequence[str] = ("--storage", "memory"),
     ) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
@@ -83,8 +86,7 @@ class ServerProcess:
                 "-m",
                 "arrwdb.cli",
                 "serve",
-                "--storage",
-                "memory",
+                *storage,
                 "--host",
                 HOST,
                 "--port",

@@ -7,7 +7,8 @@ Everything lives in one schema (``postgres_schema``, default ``arrwdb``)::
     changes    first bigint primary key, last bigint, library_id text, at float8,
                events bytea, body bytea                -- the log: one row per committed batch
     libraries  id text primary key, name text unique (deferred), position bigint, record bytea
-    documents  library_id text -> libraries on delete cascade, id text, position bigint,
+    documents  library_id text -> libraries on delete cascade (checked at commit), id text,
+               position bigint,
                title text, record bytea, primary key (library_id, id)
 
 ``changes`` is the change log: a row is one batch of changes at consecutive positions
@@ -56,7 +57,8 @@ CREATE TABLE IF NOT EXISTS {schema}.libraries (
     CONSTRAINT libraries_name_key UNIQUE (name) DEFERRABLE INITIALLY DEFERRED
 );
 CREATE TABLE IF NOT EXISTS {schema}.documents (
-    library_id text NOT NULL REFERENCES {schema}.libraries (id) ON DELETE CASCADE,
+    library_id text NOT NULL REFERENCES {schema}.libraries (id) ON DELETE CASCADE
+        DEFERRABLE INITIALLY DEFERRED,
     id text NOT NULL,
     position bigint NOT NULL,
     title text NOT NULL,
@@ -148,6 +150,10 @@ class Statements:
             "INSERT INTO {s}.documents (library_id, id, position, title, record) "
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (library_id, id) DO UPDATE SET "
             "position = EXCLUDED.position, title = EXCLUDED.title, record = EXCLUDED.record"
+        )
+        self.copy_documents = compose(
+            "COPY {s}.documents (library_id, id, position, title, record) FROM STDIN "
+            "(FORMAT BINARY)"
         )
         self.delete_document = compose(
             "DELETE FROM {s}.documents WHERE library_id = %s AND id = %s"

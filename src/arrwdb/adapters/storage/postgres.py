@@ -81,6 +81,11 @@ logger = logging.getLogger("arrwdb.storage")
 
 #: Recent batches kept in memory for the projector and the next write's catch-up.
 TAIL_BATCHES = 64
+#: A transaction adding at least this many documents copies them in (``COPY``) rather than
+#: inserting them one statement each.
+COPY_FROM = 64
+#: How long (s) a commit waits at most for the writers queued behind it to join it.
+JOIN_WAIT = 0.002
 #: Rows of the log read at a time.
 ROWS_PER_READ = 64
 
@@ -99,6 +104,17 @@ def masked(url: str) -> str:
     db = params.get("dbname", "")
     secret = ":***" if "password" in params else ""
     return f"postgresql://{user}{secret}@{host}{':' if port else ''}{port}/{db}"
+
+
+@dataclass
+class _TableRows:
+    """What one transaction writes to the tables (see ``_pg_schema``)."""
+
+    libraries: list[tuple[str, str, int, bytes]] = field(default_factory=list)
+    gone: list[tuple[str]] = field(default_factory=list)
+    added: list[tuple[str, str, int, str, bytes]] = field(default_factory=list)
+    saved: list[tuple[str, str, int, str, bytes]] = field(default_factory=list)
+    deleted: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -150,6 +166,8 @@ class PostgresStore:
         self._head = Catalog()  # the state every ordered write leaves
         self._head_stale = False  # a transaction failed: rebuild _head from _visible
         self._tx: _Transaction | None = None  # the open transaction writes join
+        self._arriving = threading.Lock()
+        self._waiting = 0  # writers waiting for _order (they may join the open transaction)
         self._writer: psycopg.Connection[Any] | None = None
         self._writing = threading.Lock()  # held from a transaction's start to its end
         # _state guards _visible, _tail and the closed flag
@@ -160,6 +178,7 @@ class PostgresStore:
         self._pulling = threading.Lock()  # one reader of other servers' changes at a time
         self._listener: psycopg.Connection[Any] | None = None
         self._listener_retry = 0.0
+        self._polled = 0.0  # when the log was last read for other servers' changes
         self._pool: ConnectionPool[Any] | None = None
         self._sql: Statements | None = None
         self._database_head = 0  # the database's head, as last seen
@@ -233,23 +252,36 @@ class PostgresStore:
     def write(self, build: Build) -> PostgresCommit | Done:
         """Order a write (``ports.ChangeLog.write``): it joins the open transaction, or opens
         one (which waits for the database's head row)."""
-        with self._order:
-            self._check_open()
-            tx = self._tx
-            if tx is None:
-                tx = self._tx = self._begin()
-            try:
-                batch = Batch(self._head.position + 1, tuple(build(self._head)))
-            except BaseException:
-                if not tx.batches:
-                    self._abandon(tx)
-                raise
-            if not batch.changes:
-                if not tx.batches:
-                    self._abandon(tx)
-                return Done(batch)
-            self._head.apply(batch)
-            tx.batches.append(batch)
+        with self._arriving:
+            self._waiting += 1
+        try:
+            self._order.acquire()
+        finally:
+            with self._arriving:
+                self._waiting -= 1
+        try:
+            return self._ordered(build)
+        finally:
+            self._order.release()
+
+    def _ordered(self, build: Build) -> PostgresCommit | Done:
+        """(Caller holds ``_order``.)"""
+        self._check_open()
+        tx = self._tx
+        if tx is None:
+            tx = self._tx = self._begin()
+        try:
+            batch = Batch(self._head.position + 1, tuple(build(self._head)))
+        except BaseException:
+            if not tx.batches:
+                self._abandon(tx)
+            raise
+        if not batch.changes:
+            if not tx.batches:
+                self._abandon(tx)
+            return Done(batch)
+        self._head.apply(batch)
+        tx.batches.append(batch)
         return PostgresCommit(self, tx, batch)
 
     def _begin(self) -> _Transaction:
@@ -263,8 +295,11 @@ class PostgresStore:
                     self._head = self._visible.copy()
                 self._head_stale = False
             assert self._sql is not None
-            conn.execute(f"SET LOCAL lock_timeout = {self._lock_timeout_ms}")
-            row = conn.execute(self._sql.lock_head).fetchone()
+            with conn.cursor() as cur:
+                with conn.pipeline():
+                    cur.execute("BEGIN")
+                    cur.execute(self._sql.lock_head)
+                row = cur.fetchone()
             last = int(row[0]) if row else 0
             if last < self._head.position:
                 raise StorageError(
@@ -289,7 +324,7 @@ class PostgresStore:
         """(Caller holds ``_order``.) End an open transaction that holds no write."""
         self._tx = None
         try:
-            tx.conn.rollback()
+            tx.conn.execute("ROLLBACK")
         except psycopg.Error:
             self._drop_writer()
         finally:
@@ -302,6 +337,10 @@ class PostgresStore:
         it visible."""
         with tx.lock:
             if not tx.ended:
+                # let the writers already waiting for the order join this transaction
+                deadline = time.monotonic() + JOIN_WAIT
+                while self._waiting and time.monotonic() < deadline:
+                    time.sleep(0)
                 with self._order:
                     if self._tx is tx:
                         self._tx = None  # later writes open the next one
@@ -317,14 +356,29 @@ class PostgresStore:
         conn = tx.conn
         try:
             try:
-                with conn.pipeline(), conn.cursor() as cur:
-                    cur.executemany(sql.insert_change, [_change_row(b) for b in tx.batches])
-                    self._write_tables(cur, tx.batches)
-                    last = tx.batches[-1].last
-                    cur.execute(sql.set_head, (last,))
-                    if self._notify:
-                        cur.execute("SELECT pg_notify(%s, %s)", (sql.channel, str(last)))
-                conn.commit()
+                changes = [_change_row(b) for b in tx.batches]
+                rows = self._table_rows(tx.batches)
+                last = tx.batches[-1].last
+                with conn.cursor() as cur:
+                    if len(rows.added) >= COPY_FROM:  # (the key to the library is checked at
+                        with cur.copy(sql.copy_documents) as copy:  # commit: its row follows)
+                            copy.set_types(["text", "text", "int8", "text", "bytea"])
+                            for row in rows.added:
+                                copy.write_row(row)
+                        rows.added.clear()
+                    with conn.pipeline():
+                        cur.executemany(sql.insert_change, changes)
+                        cur.executemany(sql.upsert_library, rows.libraries)
+                        if rows.deleted:
+                            cur.executemany(sql.delete_document, rows.deleted)
+                        if rows.saved or rows.added:
+                            cur.executemany(sql.upsert_document, [*rows.added, *rows.saved])
+                        if rows.gone:
+                            cur.executemany(sql.delete_library, rows.gone)
+                        cur.execute(sql.set_head, (last,))
+                        if self._notify:
+                            cur.execute("SELECT pg_notify(%s, %s)", (sql.channel, str(last)))
+                        cur.execute("COMMIT")
             except psycopg.Error as exc:
                 self._head_stale = True
                 self._drop_writer()
@@ -341,51 +395,44 @@ class PostgresStore:
         else:
             self._publish(tx.caught_up)  # committed by others: they stand
 
-    def _write_tables(self, cur: psycopg.Cursor[Any], batches: Sequence[Batch]) -> None:
-        """The tables after ``batches``, as ``_head`` holds them (no write joins a transaction
-        once it commits): each library and document they touched, once."""
-        sql = self._sql
-        assert sql is not None
+    def _table_rows(self, batches: Sequence[Batch]) -> _TableRows:
+        """The rows that bring the tables to the state after ``batches``, as ``_head`` holds
+        them (no write joins a transaction once it commits): each library and document they
+        touched, once. A document only added (no other change of it) is copied in bulk."""
         head = self._head
+        rows = _TableRows()
         created: dict[str, int] = {}
         libraries: dict[str, None] = {}
-        documents: dict[tuple[str, str], None] = {}
+        documents: dict[tuple[str, str], bool] = {}  # -> only added in these batches
         for batch in batches:
             for position, change in batch.positioned():
                 libraries[change.library_id] = None
                 if isinstance(change, LibraryCreated):
                     created[change.library_id] = position
-                if isinstance(change, DocumentSaved):
-                    documents[(change.library_id, change.document.id)] = None
+                elif isinstance(change, DocumentSaved):
+                    key = (change.library_id, change.document.id)
+                    documents[key] = key not in documents and not change.replaced
                 elif isinstance(change, DocumentDeleted):
-                    documents[(change.library_id, change.document_id)] = None
-        kept = [head.library(library_id) for library_id in libraries]
-        cur.executemany(
-            sql.upsert_library,
-            [
-                (lib.id, lib.name, created.get(lib.id, 0), encode_library(lib))
-                for lib in kept
-                if lib is not None
-            ],
-        )
-        saved: list[tuple[str, str, int, str, bytes]] = []
-        deleted: list[tuple[str, str]] = []
-        for library_id, document_id in documents:
+                    documents[(change.library_id, change.document_id)] = False
+        for library_id in libraries:
+            lib = head.library(library_id)
+            if lib is None:
+                rows.gone.append((library_id,))
+            else:
+                rows.libraries.append(
+                    (lib.id, lib.name, created.get(lib.id, 0), encode_library(lib))
+                )
+        for (library_id, document_id), added in documents.items():
             if head.library(library_id) is None:
                 continue  # deleted with its library
             entry = head.entry(library_id, document_id)
             if entry is None:
-                deleted.append((library_id, document_id))
-            else:
-                at, doc = entry
-                saved.append((library_id, document_id, at, doc.title, encode_document(doc)))
-        if deleted:
-            cur.executemany(sql.delete_document, deleted)
-        if saved:
-            cur.executemany(sql.upsert_document, saved)
-        gone = [(library_id,) for library_id in libraries if head.library(library_id) is None]
-        if gone:
-            cur.executemany(sql.delete_library, gone)
+                rows.deleted.append((library_id, document_id))
+                continue
+            at, doc = entry
+            row = (library_id, document_id, at, doc.title, encode_document(doc))
+            (rows.added if added else rows.saved).append(row)
+        return rows
 
     def _publish(self, batches: Sequence[Batch]) -> None:
         """Apply committed batches to the visible state, in position order (each once)."""
@@ -498,13 +545,21 @@ class PostgresStore:
                     self._state.wait_for(lambda: self.head > after or self._closed, wait)
 
     def _pull(self, wait: float) -> None:
-        """Apply what other servers committed; if nothing, wait for news first."""
-        if self._pull_once() or self._closed:
+        """Apply what other servers committed: read the log when a notification names a
+        position this server lacks, or when the poll interval has passed since it last read
+        (the backstop for lost notifications); a notification of its own commit costs
+        nothing."""
+        if self._poll_due() and self._pull_once():
             return
-        self._await_news(wait)
-        self._pull_once()
+        notified = self._await_news(wait)
+        if notified > self.head or self._poll_due():
+            self._pull_once()
+
+    def _poll_due(self) -> bool:
+        return time.monotonic() - self._polled >= self._poll_interval
 
     def _pull_once(self) -> bool:
+        self._polled = time.monotonic()
         try:
             with self._connection() as conn:
                 batches = self._read_batches_or_none(conn)
@@ -524,22 +579,26 @@ class PostgresStore:
             return []
         return self._read_batches(conn, after, last, 10_000)
 
-    def _await_news(self, wait: float) -> None:
-        """Up to ``wait`` seconds, until a notification of a commit arrives."""
+    def _await_news(self, wait: float) -> int:
+        """Up to ``wait`` seconds, until a notification of a commit arrives; the highest
+        position notified (0: none, or no notifications)."""
         listener = self._listener if self._notify else None
         if listener is None:
             if self._notify and time.monotonic() >= self._listener_retry:
                 self._connect_listener()
             self._stop.wait(wait)
-            return
+            return 0
+        highest = 0
         try:
-            for _ in listener.notifies(timeout=wait, stop_after=1):
-                pass
-            for _ in listener.notifies(timeout=0):  # the ones that came meanwhile
-                pass
+            for note in listener.notifies(timeout=wait, stop_after=1):
+                highest = max(highest, _position(note.payload))
+            for note in listener.notifies(timeout=0):  # the ones that came meanwhile
+                highest = max(highest, _position(note.payload))
         except psycopg.Error as exc:
             logger.warning("lost the notification connection (%s); polling", exc)
             self._close_listener()
+        self._database_head = max(self._database_head, highest)
+        return highest
 
     # ---- the event history -------------------------------------------------------------------
 
@@ -669,14 +728,16 @@ class PostgresStore:
     def _writer_connection(self) -> psycopg.Connection[Any]:
         conn = self._writer
         if conn is None or conn.closed or conn.broken:
+            # transactions are begun and committed by statements (BEGIN in the round trip
+            # that locks the head, COMMIT in the one that writes): one round trip each
             conn = self._writer = psycopg.connect(
                 self.url,
-                autocommit=False,
+                autocommit=True,
                 connect_timeout=max(1, int(self._connect_timeout)),
                 application_name=self.application_name,
+                options=f"-c lock_timeout={self._lock_timeout_ms} "
+                "-c idle_in_transaction_session_timeout=60000",
             )
-            conn.execute("SET idle_in_transaction_session_timeout = '60s'")
-            conn.commit()
         return conn
 
     def _drop_writer(self) -> None:
@@ -801,3 +862,8 @@ def _change_row(batch: Batch) -> tuple[int, int, str, float, bytes, bytes]:
         library = ""
     at = changes[-1].at.timestamp()
     return (batch.first, batch.last, library, at, encode_events(batch), encode_changes(changes))
+
+
+def _position(payload: str) -> int:
+    """The position a notification names (its commit's last), or 0."""
+    return int(payload) if payload.isdigit() and len(payload) <= 20 else 0
