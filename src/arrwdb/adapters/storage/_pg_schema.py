@@ -11,6 +11,9 @@ Everything lives in one schema (``postgres_schema``, default ``arrwdb``)::
                position bigint,
                title text, record bytea, primary key (library_id, id)
 
+Embeddings do not compress: the columns that carry them are stored uncompressed (``STORAGE
+EXTERNAL``), which spares the database compressing them on every write.
+
 ``changes`` is the change log: a row is one batch of changes at consecutive positions
 (``first``..``last``), ``body`` its changes and ``events`` its change events, both in the disk
 log's encoding (``_codec``: msgpack; embeddings as little-endian float32 bytes). ``libraries``
@@ -49,6 +52,7 @@ CREATE TABLE IF NOT EXISTS {schema}.changes (
     events bytea NOT NULL,
     body bytea NOT NULL
 );
+ALTER TABLE {schema}.changes ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE TABLE IF NOT EXISTS {schema}.libraries (
     id text PRIMARY KEY,
     name text NOT NULL,
@@ -65,6 +69,7 @@ CREATE TABLE IF NOT EXISTS {schema}.documents (
     record bytea NOT NULL,
     PRIMARY KEY (library_id, id)
 );
+ALTER TABLE {schema}.documents ALTER COLUMN record SET STORAGE EXTERNAL;
 """
 
 
@@ -139,16 +144,16 @@ class Statements:
         self.earliest_since = compose("SELECT min(first) FROM {s}.changes WHERE at >= %s")
         self.insert_change = compose(
             "INSERT INTO {s}.changes (first, last, library_id, at, events, body) "
-            "VALUES (%s, %s, %s, %s, %s, %s)"
+            "VALUES (%s, %s, %s, %s, %b, %b)"
         )
         self.upsert_library = compose(
-            "INSERT INTO {s}.libraries (id, name, position, record) VALUES (%s, %s, %s, %s) "
+            "INSERT INTO {s}.libraries (id, name, position, record) VALUES (%s, %s, %s, %b) "
             "ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, record = EXCLUDED.record"
         )
         self.delete_library = compose("DELETE FROM {s}.libraries WHERE id = %s")
         self.upsert_document = compose(
             "INSERT INTO {s}.documents (library_id, id, position, title, record) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (library_id, id) DO UPDATE SET "
+            "VALUES (%s, %s, %s, %s, %b) ON CONFLICT (library_id, id) DO UPDATE SET "
             "position = EXCLUDED.position, title = EXCLUDED.title, record = EXCLUDED.record"
         )
         self.copy_documents = compose(

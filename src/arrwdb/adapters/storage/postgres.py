@@ -239,9 +239,10 @@ class PostgresStore:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             row = conn.execute(self._sql.read_head).fetchone()
             position = int(row[0]) if row else 0
-            libraries = [decode_library(r[1]) for r in conn.execute(self._sql.load_libraries)]
+            binary = conn.cursor(binary=True)  # bytea as it is stored (not hex text)
+            libraries = [decode_library(r[1]) for r in binary.execute(self._sql.load_libraries)]
             entries: dict[str, list[Entry]] = {lib.id: [] for lib in libraries}
-            for library_id, at, record in conn.execute(self._sql.load_documents):
+            for library_id, at, record in binary.execute(self._sql.load_documents):
                 entries.setdefault(library_id, []).append((int(at), decode_document(record)))
         self._visible.restore(position, libraries, entries)
         self._head = self._visible.copy()
@@ -497,7 +498,11 @@ class PostgresStore:
         assert self._sql is not None
         out: list[Batch] = []
         count = 0
-        rows = conn.execute(self._sql.batches_after, (after, through, ROWS_PER_READ)).fetchall()
+        rows = (
+            conn.cursor(binary=True)
+            .execute(self._sql.batches_after, (after, through, ROWS_PER_READ))
+            .fetchall()
+        )
         expected = after + 1
         for first, last, body in rows:
             if first != expected:
@@ -630,10 +635,14 @@ class PostgresStore:
         through = after
         with self._connection() as conn:
             while through < until:
-                rows = conn.execute(
-                    self._sql.events_after,
-                    (library_id, library_id, through, until, ROWS_PER_READ),
-                ).fetchall()
+                rows = (
+                    conn.cursor(binary=True)
+                    .execute(
+                        self._sql.events_after,
+                        (library_id, library_id, through, until, ROWS_PER_READ),
+                    )
+                    .fetchall()
+                )
                 if not rows:
                     break
                 for first, last, _, events in rows:
