@@ -126,6 +126,41 @@ def test_bad_options_are_refused(bad: list[str]) -> None:
     assert proc.returncode == 2
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--workers", "2"], "--workers 2 needs --storage postgres"),
+        (["--workers", "2", "--storage", "memory"], "with 'memory' storage"),
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--storage", "postgres"], "needs postgres_url"),
+    ],
+)
+def test_options_that_cannot_work_are_refused_with_the_reason(
+    args: list[str], says: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARRWDB_")}
+    proc = subprocess.run(
+        [ARRWDB, "serve", *args], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 2
+    assert says in proc.stderr
+
+
+def test_an_unreachable_database_fails_start_with_the_reason(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")
+    url = "postgresql://arrwdb:hunter2@127.0.0.1:1/nothing"
+    proc = subprocess.run(
+        [ARRWDB, "serve", "--storage", "postgres", "--postgres-url", url, "--port", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "postgresql://arrwdb:***@127.0.0.1:1/nothing" in proc.stderr
+    assert "hunter2" not in proc.stderr
+
+
 def test_snapshot_writes_a_backup_that_opens_on_its_own(tmp_path: Path) -> None:
     import arrwdb
 

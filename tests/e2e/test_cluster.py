@@ -391,3 +391,18 @@ def test_followers_converge_by_polling_and_after_a_lost_connection(cluster) -> N
         assert r.status_code == 200, r.text
         assert len(r.json()["documents"]) == 11
         assert http.get("/v1/health/ready").status_code == 200
+
+
+def test_a_server_behind_the_database_by_more_than_max_lag_is_not_ready(cluster) -> None:  # type: ignore[no-untyped-def]
+    a = cluster()
+    b = cluster(postgres_notify=False, postgres_poll_interval=60, max_lag=3)
+    library_id, _ = create_library(a)
+    time.sleep(0.3)  # b's first read of the log is behind it: it reads again in 60 s
+    with a.http() as on_a, b.http() as on_b:
+        for i in range(2):
+            on_a.post(f"/v1/libraries/{library_id}/documents", json=document(f"d{i}", i))
+        assert on_b.get("/v1/health/ready").status_code == 200  # 3 behind: not more than 3
+        on_a.post(f"/v1/libraries/{library_id}/documents", json=document("d2", 2))
+        ready = on_b.get("/v1/health/ready")
+    assert ready.status_code == 503
+    assert "behind" in ready.json()["detail"]

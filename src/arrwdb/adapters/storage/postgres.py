@@ -178,7 +178,7 @@ class PostgresStore:
         self._pulling = threading.Lock()  # one reader of other servers' changes at a time
         self._listener: psycopg.Connection[Any] | None = None
         self._listener_retry = 0.0
-        self._polled = 0.0  # when the log was last read for other servers' changes
+        self._polled = float("-inf")  # when the log was last read for other servers' changes
         self._pool: ConnectionPool[Any] | None = None
         self._sql: Statements | None = None
         self._database_head = 0  # the database's head, as last seen
