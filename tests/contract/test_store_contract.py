@@ -30,8 +30,14 @@ from arrwdb.domain.changes import (
     LibraryCreated,
     LibraryDeleted,
     LibraryUpdated,
+    WriteKey,
 )
-from arrwdb.domain.errors import AlreadyExistsError, HistoryLostError, InvalidArgumentError
+from arrwdb.domain.errors import (
+    AlreadyExistsError,
+    HistoryLostError,
+    IdempotencyMismatchError,
+    InvalidArgumentError,
+)
 from arrwdb.domain.models import Chunk, Document, Library, new_id, utcnow
 from arrwdb.domain.ports import EventHistory, Head, Store
 
@@ -466,5 +472,54 @@ def test_a_durable_store_reopens_with_its_tables_and_positions(
         ids = itertools.count(5)
         batch = save(again, document(lib.id, seed=9))
         assert batch.first == next(ids)
+    finally:
+        again.stop()
+
+
+# -- idempotent writes -------------------------------------------------------------------------
+
+
+def _refuse(head: Head) -> Sequence[Change]:
+    raise AssertionError("a repeated keyed write must not run its rule")
+
+
+def test_a_write_made_again_with_its_key_writes_nothing_and_answers_as_the_first(
+    store: Store,
+) -> None:
+    lib = create(store)
+    doc = document(lib.id, "keyed")
+    key = WriteKey("retry-me", "fingerprint-1")
+    first = store.write(lambda head: [DocumentSaved(doc, False, utcnow())], key).wait()
+    again = store.write(_refuse, key).wait()
+    assert (again.first, again.last) == (first.first, first.last)
+    saved = again.changes[0]
+    assert isinstance(saved, DocumentSaved)
+    assert replace(saved.document, chunks=()) == replace(doc, chunks=())
+    assert store.head == first.last  # nothing written
+    with pytest.raises(IdempotencyMismatchError) as info:
+        store.write(_refuse, WriteKey("retry-me", "another request"))
+    assert info.value.code == "idempotency_mismatch"
+    other = store.write(lambda head: [DocumentDeleted(lib.id, doc.id, "keyed", utcnow())])
+    assert other.wait().first == first.last + 1  # unkeyed writes go on
+
+
+def test_a_durable_store_remembers_keys_across_a_restart(adapter: Adapter, tmp_path: Path) -> None:
+    if not adapter.durable:
+        pytest.skip("an in-memory store keeps nothing")
+    store = adapter.make(tmp_path)
+    store.start()
+    lib = create(store)
+    key = WriteKey("k", "f")
+    first = store.write(lambda head: [DocumentSaved(document(lib.id), False, utcnow())], key)
+    batch = first.wait()
+    if isinstance(store, DiskStore):
+        store.snapshot()  # the key is in the snapshot, no longer only in the log
+    store.stop()
+    again = adapter.make(tmp_path)
+    again.start()
+    try:
+        repeated = again.write(_refuse, key).wait()
+        assert (repeated.first, repeated.last) == (batch.first, batch.last)
+        assert again.head == batch.last
     finally:
         again.stop()

@@ -406,3 +406,45 @@ def test_a_server_behind_the_database_by_more_than_max_lag_is_not_ready(cluster)
         ready = on_b.get("/v1/health/ready")
     assert ready.status_code == 503
     assert "behind" in ready.json()["detail"]
+
+
+def test_a_retried_write_answers_as_the_first_on_any_server(cluster) -> None:  # type: ignore[no-untyped-def]
+    a, b = cluster(), cluster()
+    library_id, _ = create_library(a)
+    url = f"/v1/libraries/{library_id}/documents"
+    body = document("once", 1)
+    with a.http() as on_a, b.http() as on_b:
+        first = on_a.post(url, json=body, headers={"Idempotency-Key": "add-once"})
+        again = on_b.post(url, json=body, headers={"Idempotency-Key": "add-once"})  # lost answer
+        assert first.status_code == again.status_code == 201
+        assert again.json() == first.json()
+        assert again.headers["arrwdb-event-id"] == first.headers["arrwdb-event-id"]
+        listed = on_b.get(
+            url, params={"min_event_id": first.headers["arrwdb-event-id"], "limit": 10}
+        )
+        assert [d["title"] for d in listed.json()["documents"]] == ["once"]  # written once
+        other = on_b.post(
+            url, json=document("different", 2), headers={"Idempotency-Key": "add-once"}
+        )
+        assert other.status_code == 422
+        assert other.json()["code"] == "idempotency_mismatch"
+    # the same over WebSocket (``idempotency_key`` in the request envelope)
+    answers = []
+    for node in (a, b):
+        with ws_client.connect(f"{node.server.ws_url}/v1/libraries/{library_id}/ws") as socket:
+            socket.recv(timeout=10)  # welcome
+            request = {
+                "type": "request",
+                "action": "add",
+                "request_id": "r",
+                "idempotency_key": "ws-once",
+                "data": document("by ws", 3),
+            }
+            socket.send(json.dumps(request))
+            while True:
+                answer = json.loads(socket.recv(timeout=30))
+                if answer.get("type") == "response":
+                    break
+            answers.append(answer)
+    assert answers[0]["success"], answers[0]
+    assert answers[1] == answers[0]

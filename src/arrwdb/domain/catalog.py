@@ -12,16 +12,19 @@ its place in the listing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from arrwdb.domain.changes import (
+    KEY_LIFETIME,
     Batch,
     DocumentDeleted,
     DocumentSaved,
     LibraryCreated,
     LibraryDeleted,
     LibraryUpdated,
+    Receipt,
     Tally,
     library_after,
 )
@@ -41,6 +44,8 @@ class Catalog:
         self._libraries: dict[str, Library] = {}
         self._names: dict[str, str] = {}
         self._documents: dict[str, dict[str, Entry]] = {}
+        #: idempotency key -> what its write left (oldest first; younger than KEY_LIFETIME)
+        self._receipts: dict[str, Receipt] = {}
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -58,6 +63,17 @@ class Catalog:
     def entry(self, library_id: str, document_id: str) -> Entry | None:
         """A document with its list position."""
         return self._documents.get(library_id, {}).get(document_id)
+
+    def receipt(self, key: str) -> Receipt | None:
+        """What the write made with idempotency key ``key`` left, if it is remembered."""
+        receipt = self._receipts.get(key)
+        if receipt is None or receipt.at.timestamp() < time.time() - KEY_LIFETIME:
+            return None
+        return receipt
+
+    def receipts(self) -> list[tuple[str, Receipt]]:
+        """The remembered keys, oldest first."""
+        return list(self._receipts.items())
 
     def libraries(self) -> list[Library]:
         """In creation order."""
@@ -127,6 +143,20 @@ class Catalog:
         for library_id in list(tallies):
             self._settle(tallies, library_id)
         self.position = batch.last
+        if batch.key is not None:
+            self.remember(batch.key.key, Receipt.of(batch))
+
+    def remember(self, key: str, receipt: Receipt) -> None:
+        """Keep a key's receipt (and forget the ones older than ``KEY_LIFETIME``)."""
+        receipts = self._receipts
+        receipts.pop(key, None)
+        receipts[key] = receipt
+        horizon = time.time() - KEY_LIFETIME
+        while receipts:
+            oldest = next(iter(receipts))
+            if receipts[oldest].at.timestamp() >= horizon:
+                break
+            del receipts[oldest]
 
     def _tally(self, tallies: dict[str, Tally], library_id: str) -> Tally:
         library = self._libraries.get(library_id)
@@ -162,6 +192,7 @@ class Catalog:
         twin._libraries = dict(self._libraries)
         twin._names = dict(self._names)
         twin._documents = {lib: dict(docs) for lib, docs in self._documents.items()}
+        twin._receipts = dict(self._receipts)
         return twin
 
 

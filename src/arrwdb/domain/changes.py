@@ -95,6 +95,15 @@ LIBRARY_FIELDS: Final = ("name", "description", "metadata")
 
 
 @dataclass(frozen=True, slots=True)
+class WriteKey:
+    """An idempotency key (a client's ``Idempotency-Key``) and the fingerprint of the request
+    it came with: a write made again with the same key answers as the first one did."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     """The changes of one commit, at the consecutive positions ``first``, ``first + 1``, ...
 
@@ -102,6 +111,8 @@ class Batch:
 
     first: int
     changes: tuple[Change, ...]
+    #: the idempotency key the write came with, if any (kept with the log)
+    key: WriteKey | None = None
     #: the events, made once (``events()``): a store writes them and the projector publishes them
     _events: list[Event] | None = field(default=None, compare=False, repr=False)
 
@@ -244,3 +255,28 @@ def library_after(library: Library, change: Change, previous_chunks: int | None)
     if isinstance(change, LibraryCreated):
         return change.library
     return library
+
+
+#: How long a write's idempotency key is remembered.
+KEY_LIFETIME: Final = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a keyed write leaves to answer its retries: the key's fingerprint and the write's
+    batch (its documents without their chunks: what a write answers with)."""
+
+    fingerprint: str
+    batch: Batch
+    at: datetime
+
+    @staticmethod
+    def of(batch: Batch) -> Receipt:
+        assert batch.key is not None
+        changes = tuple(
+            replace(c, document=replace(c.document, chunks=()))
+            if isinstance(c, DocumentSaved) and c.document.chunks
+            else c
+            for c in batch.changes
+        )
+        return Receipt(batch.key.fingerprint, Batch(batch.first, changes), batch.changes[-1].at)

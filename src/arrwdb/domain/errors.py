@@ -11,7 +11,8 @@ in-process exceptions; transports map the classes below to statuses in one table
     │   ├── DimensionMismatchError   dimension_mismatch   vector of the wrong length
     │   ├── InvalidVectorError       invalid_vector       NaN/inf, not 1-d, empty
     │   ├── InvalidFilterError       invalid_filter       unknown operator, bad operand
-    │   └── InvalidArgumentError     invalid_argument     k out of range, bad name, ...
+    │   ├── InvalidArgumentError     invalid_argument     k out of range, bad name, ...
+    │   └── IdempotencyMismatchError idempotency_mismatch an idempotency key reused differently
     ├── NotFoundError                not_found            (HTTP 404)
     │   ├── LibraryNotFoundError     not_found
     │   └── DocumentNotFoundError    not_found
@@ -136,6 +137,18 @@ class HistoryLostError(ArrwdbError):
         )
         self.after = after
         self.earliest = earliest
+
+
+class IdempotencyMismatchError(ValidationError):
+    """An idempotency key used again with a different request."""
+
+    code = "idempotency_mismatch"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"the idempotency key {key[:80]!r} was used with a different request",
+            field="Idempotency-Key",
+        )
 
 
 class LaggingError(ArrwdbError):

@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from arrwdb.domain.changes import Batch, Change
+from arrwdb.domain.changes import Batch, Change, Receipt, WriteKey
 from arrwdb.domain.events import Event, StartPoint
 from arrwdb.domain.models import Document, IndexParams, Library, Matrix, Metric, Page
 
@@ -167,6 +167,11 @@ class Head(Protocol):
         """With its chunks and their embeddings."""
         ...
 
+    def receipt(self, key: str) -> Receipt | None:
+        """What the write made with idempotency key ``key`` left, if it is remembered (for
+        ``changes.KEY_LIFETIME``)."""
+        ...
+
 
 #: What a write does, decided under the store's ordering: the changes to commit (empty: none),
 #: or a domain error (``NotFoundError``, ``AlreadyExistsError``, ``ValidationError``).
@@ -195,11 +200,16 @@ class ChangeLog(Protocol):
     state all earlier writes leave.
     """
 
-    def write(self, build: Build) -> Commit:
+    def write(self, build: Build, key: WriteKey | None = None) -> Commit:
         """Order one write: under the store's ordering, ``build(head)`` checks it and returns
         its changes, which take the next positions and are appended in one atomic record. If
         ``build`` raises, or the store cannot append (``StorageError``), nothing happened and
-        no position was used. Returns before the write is durable (see ``Commit``)."""
+        no position was used. Returns before the write is durable (see ``Commit``).
+
+        With an idempotency ``key`` (kept with the write): if a write with that key is
+        remembered (``Head.receipt``), nothing is written and the commit gives that write's
+        receipt batch instead (once it is durable); a key remembered with another fingerprint
+        raises ``IdempotencyMismatchError``."""
         ...
 
     def read(self, after: int, limit: int) -> list[Batch]:

@@ -29,10 +29,11 @@ anything is appended, and a store failure leaves the projection and the event st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from arrwdb.domain import _rules as rules
 from arrwdb.domain import validation as v
 from arrwdb.domain._documents import DocumentBuilder, as_new_chunk, as_new_document
 from arrwdb.domain._search import Searcher
-from arrwdb.domain.changes import Batch, DocumentSaved, LibraryUpdated
+from arrwdb.domain.changes import Batch, DocumentSaved, LibraryCreated, LibraryUpdated, WriteKey
 from arrwdb.domain.chunking import Chunker
 from arrwdb.domain.errors import (
     DocumentNotFoundError,
@@ -109,6 +110,7 @@ class VectorDBService:
         self._autosaver: threading.Thread | None = None
         self._follower: Follower | None = None
         self._written = threading.local()  # the position of each thread's last write
+        self._keys = threading.local()  # the idempotency key of each thread's writes
         self._loaded = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -250,8 +252,9 @@ class VectorDBService:
             index_params=v.check_index_params(index_params),
             embedder=embedder_name,
         )
-        self._write(rules.create_library(library))
-        return library
+        created = self._write(rules.create_library(library)).changes[0]
+        assert isinstance(created, LibraryCreated)
+        return created.library  # (a repeated keyed write: the first one's)
 
     def get_library(self, library_id: str) -> Library:
         return self._projection.state(library_id).library
@@ -302,8 +305,8 @@ class VectorDBService:
         """
         library = self.get_library(library_id)
         batch = self._builder.prepare(library, [as_new_document(d) for d in documents])
-        self._write(rules.add_documents(library_id, batch), batch.vectors)
-        return [replace(d, chunks=()) for d in batch.documents]
+        saved = self._write(rules.add_documents(library_id, batch), batch.vectors).changes
+        return [replace(c.document, chunks=()) for c in saved if isinstance(c, DocumentSaved)]
 
     def add_document(self, library_id: str, document: NewDocument | Mapping[str, Any]) -> Document:
         return self.add_documents(library_id, [document])[0]
@@ -370,12 +373,29 @@ class VectorDBService:
         self._projection.state(library_id)
         self._write(rules.delete_document(library_id, document_id))
 
+    @contextlib.contextmanager
+    def idempotent(self, key: WriteKey | None) -> Iterator[None]:
+        """Within the block, the calling thread's write carries the idempotency ``key``: made
+        again with the same key (and fingerprint), it writes nothing and answers as the first
+        one did (its result, its event id); with another fingerprint it raises
+        ``IdempotencyMismatchError``. Keys are remembered for ``changes.KEY_LIFETIME``."""
+        previous = getattr(self._keys, "value", None)
+        self._keys.value = key
+        try:
+            yield
+        finally:
+            self._keys.value = previous
+
     def _write(self, rule: Build, vectors: Matrix | None = None) -> Batch:
         """The one write path (see the module docstring): order, commit, project. ``vectors``:
         the embeddings of every chunk the write saves, in order, as prepared."""
-        batch = self._store.write(rule).wait()
+        key: WriteKey | None = getattr(self._keys, "value", None)
+        batch = self._store.write(rule, key).wait()
         if batch.changes:
-            hint = None if vectors is None else (batch.first, vectors)
+            # a repeated keyed write gets the first one's receipt (no key of its own): it is
+            # not this write's changes, so not this write's vectors either
+            repeated = key is not None and batch.key is None
+            hint = None if vectors is None or repeated else (batch.first, vectors)
             self._projector.catch_up(batch.last, vectors=hint)
             self._written.position = batch.last
         else:

@@ -21,12 +21,15 @@ nor have dozens of threads fight over the GIL with the event loop.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
+from arrwdb.domain.changes import WriteKey
+from arrwdb.domain.errors import InvalidArgumentError
 from arrwdb.domain.events import parse_event_id
 from arrwdb.domain.models import (
     Document,
@@ -56,6 +59,7 @@ from arrwdb.transports.messages import (
     LibraryList,
     LibraryUpdate,
     SearchIn,
+    encoder,
 )
 
 # -- the actions ----------------------------------------------------------------------------
@@ -284,15 +288,24 @@ class Dispatcher:
         request: Any = None,
         *,
         then: Callable[[Any, str], Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> Written:
         """Run one write action; its response (``then(response, event_id)`` if given, in the
-        worker thread) and the id of its last event."""
+        worker thread) and the id of its last event. With an ``idempotency_key``, a repeat of
+        the same request answers as the first one did and writes nothing (any server, 24 h);
+        the key with another request is ``IdempotencyMismatchError``."""
         action = ACTIONS[name]
         assert action.write, f"{name} is not a write"
         service = self._service()
+        key = (
+            None
+            if idempotency_key is None
+            else write_key(idempotency_key, name, library_id, request)
+        )
 
         def run() -> Written:
-            response = action.perform(service, library_id, request)
+            with service.idempotent(key):
+                response = action.perform(service, library_id, request)
             event_id = _event_id(service)
             return Written(response if then is None else then(response, event_id), event_id)
 
@@ -349,3 +362,21 @@ def _event_id(service: VectorDBService) -> str:
 
 def _min_event_id(request: Any) -> object:
     return getattr(request, "min_event_id", None)
+
+
+#: The longest idempotency key.
+MAX_KEY_LENGTH = 200
+
+
+def write_key(key: str, name: str, library_id: str | None, request: Any) -> WriteKey:
+    """An idempotency key with the fingerprint of the request it came with: the action, its
+    library and its body (as decoded: the same request by any way in has the same one).
+    Raises ``InvalidArgumentError`` for a key that is empty or too long."""
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidArgumentError(
+            f"an idempotency key is 1 to {MAX_KEY_LENGTH} printable characters",
+            field="Idempotency-Key",
+        )
+    digest = hashlib.sha256(f"{name}\0{library_id or ''}\0".encode())
+    digest.update(encoder.encode(request))
+    return WriteKey(key, digest.hexdigest())

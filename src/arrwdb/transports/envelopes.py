@@ -50,6 +50,8 @@ class Empty(Struct, kw_only=True):
 class _Request(Struct, kw_only=True, tag_field="action"):
     type: Literal["request"] = "request"
     request_id: RequestId = None
+    #: a write's idempotency key (extension): a repeat answers as the first one did
+    idempotency_key: str | None = None
 
 
 class SearchRequest(_Request, tag="search"):

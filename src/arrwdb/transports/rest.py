@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import anyio
 from litestar import Router, delete, get, patch, post
 from litestar.datastructures import ResponseHeader
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Response
 
 from arrwdb.domain.errors import AlreadyExistsError, InvalidArgumentError
@@ -58,6 +58,17 @@ _MinEventId = Annotated[
     ),
 ]
 EVENT_ID_HEADER = "Arrwdb-Event-Id"
+#: ``Idempotency-Key:``: a repeat of the write answers as the first one did, writing nothing.
+_Key = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        description="Up to 200 characters: the same write sent again with it (within 24 h, "
+        "to any server) writes nothing and gets the first answer; with another body, 422 "
+        "`idempotency_mismatch`.",
+    ),
+]
 _EVENT_ID = [
     ResponseHeader(
         name=EVENT_ID_HEADER,
@@ -85,20 +96,25 @@ VERSION = _version()
 
 
 async def _write(
-    runtime: RuntimeDep, name: str, library_id: str | None, data: Any = None, status: int = 200
+    runtime: RuntimeDep,
+    name: str,
+    library_id: str | None,
+    data: Any = None,
+    status: int = 200,
+    key: str | None = None,
 ) -> Response[Any]:
     """A write action's response, with the id of its last event in ``Arrwdb-Event-Id``."""
-    written = await runtime.dispatcher.write(name, library_id, data)
+    written = await runtime.dispatcher.write(name, library_id, data, idempotency_key=key)
     content = None if status == 204 else written.result
     return Response(content, status_code=status, headers={EVENT_ID_HEADER: written.event_id})
 
 
 @post("/v1/libraries", status_code=201, tags=["libraries"], response_headers=_EVENT_ID)
 async def create_library(
-    runtime: RuntimeDep, data: JSONBody[LibraryCreate]
+    runtime: RuntimeDep, data: JSONBody[LibraryCreate], idempotency_key: _Key = None
 ) -> Response[LibraryOut]:
     """Create a library (201). A taken name is a 409."""
-    return await _write(runtime, "create_library", None, data, 201)
+    return await _write(runtime, "create_library", None, data, 201, idempotency_key)
 
 
 @get("/v1/libraries", tags=["libraries"])
@@ -122,16 +138,21 @@ async def get_library(
 
 @patch(LIBRARY, tags=["libraries"], response_headers=_EVENT_ID)
 async def update_library(
-    runtime: RuntimeDep, library_id: FromPath[str], data: JSONBody[LibraryUpdate]
+    runtime: RuntimeDep,
+    library_id: FromPath[str],
+    data: JSONBody[LibraryUpdate],
+    idempotency_key: _Key = None,
 ) -> Response[LibraryOut]:
     """Change the name, description or metadata; fields left out stay as they are."""
-    return await _write(runtime, "update_library", library_id, data)
+    return await _write(runtime, "update_library", library_id, data, key=idempotency_key)
 
 
 @delete(LIBRARY, status_code=204, tags=["libraries"], response_headers=_EVENT_ID)
-async def delete_library(runtime: RuntimeDep, library_id: FromPath[str]) -> Response[None]:
+async def delete_library(
+    runtime: RuntimeDep, library_id: FromPath[str], idempotency_key: _Key = None
+) -> Response[None]:
     """Delete a library with all of its documents (204)."""
-    return await _write(runtime, "delete_library", library_id, status=204)
+    return await _write(runtime, "delete_library", library_id, status=204, key=idempotency_key)
 
 
 # -- documents ------------------------------------------------------------------------------
@@ -139,10 +160,13 @@ async def delete_library(runtime: RuntimeDep, library_id: FromPath[str]) -> Resp
 
 @post(LIBRARY + "/documents", status_code=201, tags=["documents"], response_headers=_EVENT_ID)
 async def add_documents(
-    runtime: RuntimeDep, library_id: FromPath[str], data: JSONBody[DocumentsIn]
+    runtime: RuntimeDep,
+    library_id: FromPath[str],
+    data: JSONBody[DocumentsIn],
+    idempotency_key: _Key = None,
 ) -> Response[DocumentOut | list[DocumentOut]]:
     """Add a document (``text`` or ``chunks``), or a list of them in one commit (201)."""
-    return await _write(runtime, "add", library_id, data, 201)
+    return await _write(runtime, "add", library_id, data, 201, idempotency_key)
 
 
 @get(LIBRARY + "/documents", tags=["documents"])
@@ -185,18 +209,22 @@ async def update_document(
     library_id: FromPath[str],
     document_id: FromPath[str],
     data: JSONBody[DocumentPatch],
+    idempotency_key: _Key = None,
 ) -> Response[DocumentOut]:
     """Change title/metadata, or replace the content with ``text`` or ``chunks``."""
     request = DocumentUpdate(document_id=document_id, patch=data)
-    return await _write(runtime, "update_document", library_id, request)
+    return await _write(runtime, "update_document", library_id, request, key=idempotency_key)
 
 
 @delete(DOCUMENT, status_code=204, tags=["documents"], response_headers=_EVENT_ID)
 async def delete_document(
-    runtime: RuntimeDep, library_id: FromPath[str], document_id: FromPath[str]
+    runtime: RuntimeDep,
+    library_id: FromPath[str],
+    document_id: FromPath[str],
+    idempotency_key: _Key = None,
 ) -> Response[None]:
     request = DocumentId(document_id=document_id)
-    return await _write(runtime, "delete", library_id, request, 204)
+    return await _write(runtime, "delete", library_id, request, 204, idempotency_key)
 
 
 # -- search ---------------------------------------------------------------------------------

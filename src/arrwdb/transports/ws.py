@@ -231,7 +231,11 @@ class _Connection:
             try:
                 if ACTIONS[str(action)].write:
                     written = await dispatcher.write(
-                        str(action), self.library_id, request.data, then=encode
+                        str(action),
+                        self.library_id,
+                        request.data,
+                        then=encode,
+                        idempotency_key=request.idempotency_key,
                     )
                     frame: str = written.result
                 else:

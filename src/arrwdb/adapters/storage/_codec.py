@@ -50,6 +50,8 @@ from arrwdb.domain.changes import (
     LibraryCreated,
     LibraryDeleted,
     LibraryUpdated,
+    Receipt,
+    WriteKey,
 )
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library
@@ -163,7 +165,7 @@ def encode_record(batch: Batch) -> tuple[list[bytes], RecordHead]:
     library = first if all(change.library_id == first for change in changes) else ""
     raw_library = library.encode()
     events = encode_events(batch)
-    body = encode_changes(changes)
+    body = encode_changes(batch)
     at = changes[-1].at.timestamp() if changes else 0.0
     crc = zlib.crc32(events)
     packed = RECORD_HEAD.pack(batch.first, len(changes), at, len(events), crc, len(raw_library))
@@ -202,9 +204,10 @@ def decode_record(payload: bytes) -> Batch:
     return decode_changes(head.first, head.size, memoryview(payload)[head.changes_offset :])
 
 
-def encode_changes(changes: tuple[Change, ...]) -> bytes:
-    """The changes part of a record on its own (a database row keeps it in a column)."""
-    return ENCODER.encode(_body_of(changes))
+def encode_changes(batch: Batch) -> bytes:
+    """The changes part of a record (its changes and idempotency key) on its own (a database
+    row keeps it in a column)."""
+    return ENCODER.encode(_body_of(batch.changes, batch.key))
 
 
 def encode_events(batch: Batch) -> bytes:
@@ -226,7 +229,7 @@ def decode_changes(first: int, size: int, body: bytes | memoryview) -> Batch:
         raise ValueError("the changes of a record do not match their order") from None
     if len(changes) != size or any(next(column, None) is not None for column in columns):
         raise ValueError(f"record says {size} changes but holds others")
-    return Batch(first, changes)
+    return Batch(first, changes, decoded.key)
 
 
 def decode_event_list(events: bytes | memoryview) -> list[Event]:
@@ -272,6 +275,8 @@ class _Body(msgspec.Struct, array_like=True):
     library_deleted: list[LibraryDeleted]
     document_saved: list[DocumentSaved]
     document_deleted: list[DocumentDeleted]
+    #: the write's idempotency key (records written before keys existed have none)
+    key: WriteKey | None = None
 
 
 _KIND_INDEX: Final = {
@@ -292,8 +297,8 @@ def _columns(body: _Body) -> list[list[Any]]:
     ]
 
 
-def _body_of(changes: tuple[Change, ...]) -> _Body:
-    body = _Body(b"", [], [], [], [], [])
+def _body_of(changes: tuple[Change, ...], key: WriteKey | None = None) -> _Body:
+    body = _Body(b"", [], [], [], [], [], key)
     columns = _columns(body)
     order = bytearray()
     for change in changes:
@@ -334,12 +339,47 @@ class EventsItem(msgspec.Struct, tag="events"):
     events: list[Event]
 
 
+class ReceiptsItem(msgspec.Struct, tag="receipts"):
+    """The remembered idempotency keys, oldest first (``encode_receipt``)."""
+
+    receipts: list[bytes]
+
+
 class SnapshotEnd(msgspec.Struct, tag="end"):
     items: int
 
 
 #: One frame of a snapshot file.
-SnapshotItem = SnapshotHeader | LibraryItem | DocumentsItem | EventsItem | SnapshotEnd
+SnapshotItem = (
+    SnapshotHeader | LibraryItem | DocumentsItem | EventsItem | ReceiptsItem | SnapshotEnd
+)
+
+
+class _Receipt(msgspec.Struct, array_like=True):
+    key: str
+    fingerprint: str
+    first: int
+    at: datetime
+    body: _Body
+
+
+def encode_receipt(key: str, receipt: Receipt) -> bytes:
+    """A remembered idempotency key and what its write left."""
+    batch = receipt.batch
+    return ENCODER.encode(
+        _Receipt(key, receipt.fingerprint, batch.first, receipt.at, _body_of(batch.changes))
+    )
+
+
+def decode_receipt(data: bytes | memoryview) -> tuple[str, Receipt]:
+    """Raises ``ValueError``."""
+    try:
+        item = _RECEIPT_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"unreadable receipt ({exc})") from None
+    body = ENCODER.encode(item.body)
+    batch = decode_changes(item.first, len(item.body.order), body)
+    return item.key, Receipt(item.fingerprint, batch, item.at)
 
 
 _FLOAT32_LE: Final = np.dtype("<f4")
@@ -363,6 +403,7 @@ ENCODER: Final = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 EVENTS_DECODER: Final[msgspec.msgpack.Decoder[list[Event]]] = msgspec.msgpack.Decoder(list[Event])
 _BODY_DECODER: Final = msgspec.msgpack.Decoder(_Body, dec_hook=_dec_hook)
 _LIBRARY_DECODER: Final = msgspec.msgpack.Decoder(Library)
+_RECEIPT_DECODER: Final = msgspec.msgpack.Decoder(_Receipt, dec_hook=_dec_hook)
 _DOCUMENT_DECODER: Final = msgspec.msgpack.Decoder(Document, dec_hook=_dec_hook)
 SNAPSHOT_DECODER: Final[msgspec.msgpack.Decoder[SnapshotItem]] = msgspec.msgpack.Decoder(
     SnapshotItem, dec_hook=_dec_hook

@@ -12,14 +12,23 @@ from typing import Any
 from arrwdb.adapters.storage._codec import (
     decode_changes,
     decode_event_list,
+    decode_receipt,
     encode_changes,
     encode_document,
     encode_events,
     encode_library,
+    encode_receipt,
 )
 from arrwdb.adapters.storage._pg_schema import Statements
 from arrwdb.domain.catalog import Catalog
-from arrwdb.domain.changes import Batch, DocumentDeleted, DocumentSaved, LibraryCreated
+from arrwdb.domain.changes import (
+    KEY_LIFETIME,
+    Batch,
+    DocumentDeleted,
+    DocumentSaved,
+    LibraryCreated,
+    Receipt,
+)
 from arrwdb.domain.errors import HistoryLostError, StorageError
 from arrwdb.domain.events import Event
 
@@ -37,7 +46,7 @@ def change_row(batch: Batch) -> ChangeRow:
     if any(change.library_id != library for change in changes):
         library = ""
     at = changes[-1].at.timestamp()
-    return (batch.first, batch.last, library, at, encode_events(batch), encode_changes(changes))
+    return (batch.first, batch.last, library, at, encode_events(batch), encode_changes(batch))
 
 
 @dataclass
@@ -50,6 +59,8 @@ class TableRows:
     added: list[tuple[str, str, int, str, bytes]] = field(default_factory=list)
     saved: list[tuple[str, str, int, str, bytes]] = field(default_factory=list)
     deleted: list[tuple[str, str]] = field(default_factory=list)
+    #: idempotency keys of the writes: key, time, receipt
+    keys: list[tuple[str, float, bytes]] = field(default_factory=list)
 
 
 def table_rows(head: Catalog, batches: Sequence[Batch]) -> TableRows:
@@ -60,6 +71,10 @@ def table_rows(head: Catalog, batches: Sequence[Batch]) -> TableRows:
     libraries: dict[str, None] = {}
     documents: dict[tuple[str, str], bool] = {}  # -> only added in these batches
     for batch in batches:
+        if batch.key is not None:
+            receipt = Receipt.of(batch)
+            encoded = encode_receipt(batch.key.key, receipt)
+            rows.keys.append((batch.key.key, receipt.at.timestamp(), encoded))
         for position, change in batch.positioned():
             libraries[change.library_id] = None
             if isinstance(change, LibraryCreated):
@@ -168,7 +183,21 @@ def events_after(
 
 def prune(conn: Any, sql: Statements, head: int, history_size: int, max_age: float | None) -> None:
     """Delete the rows before the last ``history_size`` positions up to ``head`` (and those
-    older than ``max_age`` seconds); the newest row always stays."""
+    older than ``max_age`` seconds; the newest row always stays), and the idempotency keys
+    older than ``KEY_LIFETIME``."""
     conn.execute(sql.prune_before, (head - history_size + 1,))
     if max_age is not None:
         conn.execute(sql.prune_older, (time.time() - max_age, head))
+    conn.execute(sql.prune_keys, (time.time() - KEY_LIFETIME,))
+
+
+def load_receipts(conn: Any, sql: Statements) -> list[tuple[str, Receipt]]:
+    """The idempotency keys younger than ``KEY_LIFETIME``, oldest first."""
+    rows = conn.cursor(binary=True).execute(sql.load_keys, (time.time() - KEY_LIFETIME,))
+    out: list[tuple[str, Receipt]] = []
+    for (data,) in rows:
+        try:
+            out.append(decode_receipt(data))
+        except ValueError as exc:
+            raise StorageError(f"unreadable idempotency key row: {exc}") from None
+    return out

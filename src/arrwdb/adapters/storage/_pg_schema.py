@@ -10,6 +10,7 @@ Everything lives in one schema (``postgres_schema``, default ``arrwdb``)::
     documents  library_id text -> libraries on delete cascade (checked at commit), id text,
                position bigint,
                title text, record bytea, primary key (library_id, id)
+    keys       key text primary key, at float8, receipt bytea   -- idempotency keys (24 h)
 
 Embeddings do not compress: the columns that carry them are stored uncompressed (``STORAGE
 EXTERNAL``), which spares the database compressing them on every write.
@@ -70,6 +71,11 @@ CREATE TABLE IF NOT EXISTS {schema}.documents (
     PRIMARY KEY (library_id, id)
 );
 ALTER TABLE {schema}.documents ALTER COLUMN record SET STORAGE EXTERNAL;
+CREATE TABLE IF NOT EXISTS {schema}.keys (
+    key text PRIMARY KEY,
+    at double precision NOT NULL,
+    receipt bytea NOT NULL
+);
 """
 
 
@@ -169,6 +175,12 @@ class Statements:
         self.load_documents = compose(
             "SELECT library_id, position, record FROM {s}.documents ORDER BY library_id, position"
         )
+        self.upsert_key = compose(
+            "INSERT INTO {s}.keys (key, at, receipt) VALUES (%s, %s, %b) ON CONFLICT (key) "
+            "DO UPDATE SET at = EXCLUDED.at, receipt = EXCLUDED.receipt"
+        )
+        self.load_keys = compose("SELECT receipt FROM {s}.keys WHERE at >= %s ORDER BY at")
+        self.prune_keys = compose("DELETE FROM {s}.keys WHERE at < %s")
         self.prune_before = compose("DELETE FROM {s}.changes WHERE last < %s")
         self.prune_older = compose("DELETE FROM {s}.changes WHERE at < %s AND last < %s")
         self.channel = f"arrwdb_{schema}"

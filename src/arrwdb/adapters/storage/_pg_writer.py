@@ -24,8 +24,8 @@ from arrwdb.adapters.storage._pg_log import change_row, table_rows
 from arrwdb.adapters.storage._pg_schema import Statements
 from arrwdb.adapters.storage.memory import Done
 from arrwdb.domain.catalog import Catalog
-from arrwdb.domain.changes import Batch
-from arrwdb.domain.errors import StorageError
+from arrwdb.domain.changes import Batch, WriteKey
+from arrwdb.domain.errors import IdempotencyMismatchError, StorageError
 from arrwdb.domain.ports import Build
 
 #: A transaction adding at least this many documents copies them in (``COPY``) rather than
@@ -78,7 +78,7 @@ class Writer:
         self._writing = threading.Lock()  # held from a transaction's start to its end
         self._closed = False
 
-    def write(self, build: Build) -> PostgresCommit | Done:
+    def write(self, build: Build, key: WriteKey | None = None) -> PostgresCommit | Done:
         """``ports.ChangeLog.write``: join the open transaction, or open one (which waits for
         the database's head row)."""
         with self._arriving:
@@ -89,11 +89,11 @@ class Writer:
             with self._arriving:
                 self._waiting -= 1
         try:
-            return self._ordered(build)
+            return self._ordered(build, key)
         finally:
             self._order.release()
 
-    def _ordered(self, build: Build) -> PostgresCommit | Done:
+    def _ordered(self, build: Build, key: WriteKey | None) -> PostgresCommit | Done:
         """(Caller holds ``_order``.)"""
         if self._closed:
             raise StorageError(f"the store at {masked(self._connections.url)} is not open")
@@ -101,7 +101,11 @@ class Writer:
         if tx is None:
             tx = self._tx = self._begin()
         try:
-            batch = Batch(self.head.position + 1, tuple(build(self.head)))
+            if key is not None:
+                repeated = self._repeated(tx, key)
+                if repeated is not None:
+                    return repeated
+            batch = Batch(self.head.position + 1, tuple(build(self.head)), key)
         except BaseException:
             if not tx.batches:
                 self._abandon(tx)
@@ -113,6 +117,20 @@ class Writer:
         self.head.apply(batch)
         tx.batches.append(batch)
         return PostgresCommit(self, tx, batch)
+
+    def _repeated(self, tx: _Transaction, key: WriteKey) -> PostgresCommit | Done | None:
+        """(Caller holds ``_order`` and the head row.) The answer to a write made again with
+        ``key``, on any server: the first one's receipt, once that one is committed."""
+        receipt = self.head.receipt(key.key)
+        if receipt is None:
+            return None
+        if receipt.fingerprint != key.fingerprint:
+            raise IdempotencyMismatchError(key.key)
+        if any(b.first == receipt.batch.first for b in tx.batches):  # in this transaction
+            return PostgresCommit(self, tx, receipt.batch)
+        if not tx.batches:
+            self._abandon(tx)
+        return Done(receipt.batch)
 
     def _begin(self) -> _Transaction:
         """(Caller holds ``_order``.) Open a transaction holding the head row, with ``head``
@@ -222,6 +240,8 @@ class Writer:
                     cur.executemany(sql.upsert_document, [*rows.added, *rows.saved])
                 if rows.gone:
                     cur.executemany(sql.delete_library, rows.gone)
+                if rows.keys:
+                    cur.executemany(sql.upsert_key, rows.keys)
                 cur.execute(sql.set_head, (last,))
                 if self._notify:
                     cur.execute("SELECT pg_notify(%s, %s)", (sql.channel, str(last)))

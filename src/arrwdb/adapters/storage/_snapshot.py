@@ -15,7 +15,7 @@ import contextlib
 import os
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
@@ -29,13 +29,16 @@ from arrwdb.adapters.storage._codec import (
     EventsItem,
     FrameError,
     LibraryItem,
+    ReceiptsItem,
     SnapshotEnd,
     SnapshotHeader,
     SnapshotItem,
+    encode_receipt,
     frame_header,
     iter_frames,
 )
 from arrwdb.adapters.storage._segments import fsync_directory, storage_error
+from arrwdb.domain.changes import Receipt
 from arrwdb.domain.errors import StorageError
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library, utcnow
@@ -59,6 +62,8 @@ class SnapshotState:
     position: int
     #: the latest events, oldest first, ending at ``position``
     events: list[Event]
+    #: the remembered idempotency keys, oldest first
+    receipts: list[tuple[str, Receipt]] = field(default_factory=list)
 
 
 def snapshot_name(last_seq: int) -> str:
@@ -118,6 +123,9 @@ def _items(state: SnapshotState) -> Iterator[SnapshotItem]:
             )
     for start in range(0, len(state.events), BATCH_EVENTS):
         yield EventsItem(events=state.events[start : start + BATCH_EVENTS])
+    for start in range(0, len(state.receipts), BATCH_EVENTS):
+        part = state.receipts[start : start + BATCH_EVENTS]
+        yield ReceiptsItem(receipts=[encode_receipt(key, receipt) for key, receipt in part])
 
 
 def _batches(entries: Sequence[tuple[int, Document]]) -> Iterator[list[tuple[int, Document]]]:

@@ -73,8 +73,10 @@ from arrwdb.adapters.storage._codec import (
     DocumentsItem,
     EventsItem,
     LibraryItem,
+    ReceiptsItem,
     RecordHead,
     SnapshotHeader,
+    decode_receipt,
     decode_record,
     encode_record,
 )
@@ -97,8 +99,8 @@ from arrwdb.adapters.storage._wal import (
 )
 from arrwdb.adapters.storage.memory import Done
 from arrwdb.domain.catalog import Catalog, Entry
-from arrwdb.domain.changes import Batch
-from arrwdb.domain.errors import StorageError
+from arrwdb.domain.changes import Batch, Receipt, WriteKey
+from arrwdb.domain.errors import IdempotencyMismatchError, StorageError
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library, Page
 from arrwdb.domain.ports import Build
@@ -231,6 +233,7 @@ class DiskStore:
         libraries: list[Library] = []
         entries: dict[str, list[Entry]] = {}
         events: list[Event] = []
+        receipts: list[tuple[str, Receipt]] = []
         for item in read_snapshot(path):
             if isinstance(item, SnapshotHeader):
                 last_seq, position = item.last_seq, item.position
@@ -247,19 +250,27 @@ class DiskStore:
                 entries[item.library_id].extend(zip(item.positions, item.documents, strict=True))
             elif isinstance(item, EventsItem):
                 events.extend(item.events)
+            elif isinstance(item, ReceiptsItem):
+                receipts.extend(_receipt(path, data) for data in item.receipts)
         self._visible.restore(position, libraries, entries)
+        for key, receipt in receipts:
+            self._visible.remember(key, receipt)
         if events and events[-1].seq == position:
             self._index.seed(events)
         return last_seq
 
     # ---- the change log ----------------------------------------------------------------------
 
-    def write(self, build: Build) -> PendingWrite | Done:
+    def write(self, build: Build, key: WriteKey | None = None) -> PendingWrite | Done:
         """Order a write (``ports.ChangeLog.write``); its record is appended under the ordering
         lock, so the log holds records in position order."""
         with self._order:
             wal = self._accepting()
-            batch = Batch(self._head.position + 1, tuple(build(self._head)))
+            if key is not None:
+                repeated = self._repeated(key)
+                if repeated is not None:
+                    return repeated
+            batch = Batch(self._head.position + 1, tuple(build(self._head)), key)
             if not batch.changes:
                 return Done(batch)
             payload, head = encode_record(batch)
@@ -268,6 +279,19 @@ class DiskStore:
             pending = PendingWrite(self, location, batch, head)
             self._queue.append(pending)  # in log order, to be made visible once durable
         return pending
+
+    def _repeated(self, key: WriteKey) -> PendingWrite | Done | None:
+        """(Caller holds ``_order``.) The answer to a write made again with ``key``: the first
+        one's receipt, once that one is durable."""
+        receipt = self._head.receipt(key.key)
+        if receipt is None:
+            return None
+        if receipt.fingerprint != key.fingerprint:
+            raise IdempotencyMismatchError(key.key)
+        for pending in self._queue:  # not durable yet: wait for it as its writer does
+            if pending.batch.first == receipt.batch.first:
+                return PendingWrite(self, pending.location, receipt.batch, pending.head)
+        return Done(receipt.batch)
 
     def _writable(self) -> WriteAheadLog:
         if self._wal is None or self._closed:
@@ -430,9 +454,10 @@ class DiskStore:
             self._since_snapshot = 0
             self._snapshot_mark = wal.bytes_written
             position, applied = visible.position, self._applied
+            receipts = visible.receipts()
         # read outside the lock: the log's records, up to what the snapshot covers
         events = self._index.latest_events(position, self._history_size)
-        return SnapshotState(applied, libraries, documents, position, events)
+        return SnapshotState(applied, libraries, documents, position, events, receipts)
 
     def _maybe_snapshot(self) -> None:
         wal = self._wal
@@ -553,3 +578,10 @@ def _decode(record: WalRecord) -> Batch:
             path=str(record.path),
             offset=record.offset,
         ) from None
+
+
+def _receipt(path: Path, data: bytes) -> tuple[str, Receipt]:
+    try:
+        return decode_receipt(data)
+    except ValueError as exc:
+        raise StorageError(f"corrupt snapshot {path}: {exc}", path=str(path)) from None

@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Iterator
 
 from arrwdb.domain.catalog import Catalog
-from arrwdb.domain.changes import Batch
-from arrwdb.domain.errors import HistoryLostError
+from arrwdb.domain.changes import Batch, WriteKey
+from arrwdb.domain.errors import HistoryLostError, IdempotencyMismatchError
 from arrwdb.domain.models import Document, Library, Page
 from arrwdb.domain.ports import Build
 
@@ -48,9 +48,15 @@ class InMemoryStore:
 
     # -- the change log -----------------------------------------------------------------------
 
-    def write(self, build: Build) -> Done:
+    def write(self, build: Build, key: WriteKey | None = None) -> Done:
         with self._cond:
-            batch = Batch(self._tables.position + 1, tuple(build(self._tables)))
+            if key is not None:
+                receipt = self._tables.receipt(key.key)
+                if receipt is not None:
+                    if receipt.fingerprint != key.fingerprint:
+                        raise IdempotencyMismatchError(key.key)
+                    return Done(receipt.batch)
+            batch = Batch(self._tables.position + 1, tuple(build(self._tables)), key)
             if batch.changes:
                 self._tables.apply(batch)
                 self._batches.append(batch)

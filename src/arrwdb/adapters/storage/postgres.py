@@ -55,12 +55,18 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 from arrwdb.adapters.storage._codec import decode_document, decode_library
 from arrwdb.adapters.storage._pg_connections import Connections, masked
-from arrwdb.adapters.storage._pg_log import earliest, events_after, prune, read_batches
+from arrwdb.adapters.storage._pg_log import (
+    earliest,
+    events_after,
+    load_receipts,
+    prune,
+    read_batches,
+)
 from arrwdb.adapters.storage._pg_schema import SchemaError, Statements, ensure_schema
 from arrwdb.adapters.storage._pg_writer import PostgresCommit, Writer
 from arrwdb.adapters.storage.memory import Done
 from arrwdb.domain.catalog import Catalog, Entry
-from arrwdb.domain.changes import Batch
+from arrwdb.domain.changes import Batch, WriteKey
 from arrwdb.domain.errors import HistoryLostError, StorageError
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library, Page
@@ -180,17 +186,20 @@ class PostgresStore:
             entries: dict[str, list[Entry]] = {lib.id: [] for lib in libraries}
             for library_id, at, record in binary.execute(sql.load_documents):
                 entries.setdefault(library_id, []).append((int(at), decode_document(record)))
+            receipts = load_receipts(conn, sql)
         self._visible.restore(position, libraries, entries)
+        for key, receipt in receipts:
+            self._visible.remember(key, receipt)
         self._database_head = position
 
     # ---- the change log ----------------------------------------------------------------------
 
-    def write(self, build: Build) -> PostgresCommit | Done:
+    def write(self, build: Build, key: WriteKey | None = None) -> PostgresCommit | Done:
         """Order a write (``ports.ChangeLog.write``): see ``_pg_writer``."""
         writer = self._writer
         if writer is None or self._closed:
             raise StorageError(f"the store at {masked(self.url)} is not open")
-        return writer.write(build)
+        return writer.write(build, key)
 
     def _visible_copy(self) -> Catalog:
         with self._state:
