@@ -328,3 +328,25 @@ def test_delete_library_removes_everything(service: VectorDBService, lib_id: str
     with pytest.raises(LibraryNotFoundError):
         service.get_library(lib_id)
     service.create_library("lib")  # the name is free again
+
+
+def test_a_keyed_write_made_again_answers_as_the_first_even_after_a_delete(service) -> None:  # type: ignore[no-untyped-def]
+    from arrwdb.domain.changes import WriteKey
+    from arrwdb.domain.errors import IdempotencyMismatchError
+
+    lib = service.create_library("keyed", dimension=2, index="flat")
+    doc = {"title": "a", "chunks": [{"text": "a", "embedding": [1, 0]}]}
+    with service.idempotent(WriteKey("add", "f1")):
+        first = service.add_document(lib.id, doc)
+        again = service.add_document(lib.id, doc)
+    assert again == first
+    assert service.get_library(lib.id).document_count == 1
+    other = {"title": "b", "chunks": [{"text": "b", "embedding": [0, 1]}]}
+    with (
+        service.idempotent(WriteKey("add", "another request")),
+        pytest.raises(IdempotencyMismatchError),
+    ):
+        service.add_document(lib.id, other)
+    with service.idempotent(WriteKey("drop", "f2")):
+        service.delete_library(lib.id)
+        service.delete_library(lib.id)  # a retry of a delete that was made: no 404

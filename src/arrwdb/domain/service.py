@@ -283,14 +283,14 @@ class VectorDBService:
             fields["description"] = v.check_text(description, "description")
         if metadata is not None:
             fields["metadata"] = v.check_metadata(metadata)
-        self._projection.state(library_id)
+        self._known(library_id)
         updated = self._write(rules.update_library(library_id, fields)).changes[0]
         assert isinstance(updated, LibraryUpdated)
         return updated.library  # the record at the update's position
 
     def delete_library(self, library_id: str) -> None:
         """Delete a library with all of its documents; raises ``LibraryNotFoundError``."""
-        self._projection.state(library_id)
+        self._known(library_id)
         self._write(rules.delete_library(library_id))
 
     # -- documents ----------------------------------------------------------------------------
@@ -370,8 +370,15 @@ class VectorDBService:
 
     def delete_document(self, library_id: str, document_id: str) -> None:
         """Raises ``NotFoundError``."""
-        self._projection.state(library_id)
+        self._known(library_id)
         self._write(rules.delete_document(library_id, document_id))
+
+    def _known(self, library_id: str) -> None:
+        """Raise ``LibraryNotFoundError`` early (the write's rule checks it again, under its
+        ordering), unless the write carries an idempotency key: a retry answers as the first
+        write did, even once the library is gone."""
+        if getattr(self._keys, "value", None) is None:
+            self._projection.state(library_id)
 
     @contextlib.contextmanager
     def idempotent(self, key: WriteKey | None) -> Iterator[None]:
