@@ -210,6 +210,29 @@ def encode_changes(batch: Batch) -> bytes:
     return ENCODER.encode(_body_of(batch.changes, batch.key))
 
 
+def encode_changes_sharing(batch: Batch) -> tuple[bytes, dict[tuple[str, str], bytes]]:
+    """``encode_changes``, with each saved document's change encoded once and also returned,
+    by (library id, document id) (the last one of each): a database table keeps the same
+    bytes (``decode_saved_document``)."""
+    body = _body_of(batch.changes, batch.key)
+    saved: dict[tuple[str, str], bytes] = {}
+    raws: list[Any] = []
+    for change in body.document_saved:
+        encoded = ENCODER.encode(change)
+        saved[(change.document.library_id, change.document.id)] = encoded
+        raws.append(msgspec.Raw(encoded))
+    body.document_saved = raws
+    return ENCODER.encode(body), saved
+
+
+def decode_saved_document(data: bytes | memoryview) -> Document:
+    """The document of an encoded ``DocumentSaved``. Raises ``ValueError``."""
+    try:
+        return _SAVED_DECODER.decode(data).document
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"unreadable document ({exc})") from None
+
+
 def encode_events(batch: Batch) -> bytes:
     """The events part of a record on its own."""
     return ENCODER.encode(batch.events())
@@ -250,19 +273,6 @@ def decode_library(data: bytes | memoryview) -> Library:
         return _LIBRARY_DECODER.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"unreadable library ({exc})") from None
-
-
-def encode_document(document: Document) -> bytes:
-    """A document with its chunks and their embeddings."""
-    return ENCODER.encode(document)
-
-
-def decode_document(data: bytes | memoryview) -> Document:
-    """Raises ``ValueError``."""
-    try:
-        return _DOCUMENT_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ValueError(f"unreadable document ({exc})") from None
 
 
 class _Body(msgspec.Struct, array_like=True):
@@ -404,7 +414,7 @@ EVENTS_DECODER: Final[msgspec.msgpack.Decoder[list[Event]]] = msgspec.msgpack.De
 _BODY_DECODER: Final = msgspec.msgpack.Decoder(_Body, dec_hook=_dec_hook)
 _LIBRARY_DECODER: Final = msgspec.msgpack.Decoder(Library)
 _RECEIPT_DECODER: Final = msgspec.msgpack.Decoder(_Receipt, dec_hook=_dec_hook)
-_DOCUMENT_DECODER: Final = msgspec.msgpack.Decoder(Document, dec_hook=_dec_hook)
+_SAVED_DECODER: Final = msgspec.msgpack.Decoder(DocumentSaved, dec_hook=_dec_hook)
 SNAPSHOT_DECODER: Final[msgspec.msgpack.Decoder[SnapshotItem]] = msgspec.msgpack.Decoder(
     SnapshotItem, dec_hook=_dec_hook
 )

@@ -5,7 +5,7 @@ stream). Each function takes a connection and the schema's ``Statements``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,8 +13,7 @@ from arrwdb.adapters.storage._codec import (
     decode_changes,
     decode_event_list,
     decode_receipt,
-    encode_changes,
-    encode_document,
+    encode_changes_sharing,
     encode_events,
     encode_library,
     encode_receipt,
@@ -38,15 +37,22 @@ ROWS_PER_READ = 64
 ChangeRow = tuple[int, int, str, float, bytes, bytes]
 
 
-def change_row(batch: Batch) -> ChangeRow:
-    """The ``changes`` row of a batch: first, last, its one library ("" if several), time,
-    events, changes."""
-    changes = batch.changes
-    library = changes[0].library_id
-    if any(change.library_id != library for change in changes):
-        library = ""
-    at = changes[-1].at.timestamp()
-    return (batch.first, batch.last, library, at, encode_events(batch), encode_changes(batch))
+def change_rows(batches: Sequence[Batch]) -> tuple[list[ChangeRow], dict[tuple[str, str], bytes]]:
+    """The ``changes`` rows of batches (first, last, their one library or "", time, events,
+    changes), and each saved document's encoded change (the ``documents`` table keeps the
+    same bytes: a document is encoded once)."""
+    rows: list[ChangeRow] = []
+    saved: dict[tuple[str, str], bytes] = {}
+    for batch in batches:
+        changes = batch.changes
+        library = changes[0].library_id
+        if any(change.library_id != library for change in changes):
+            library = ""
+        body, documents = encode_changes_sharing(batch)
+        saved.update(documents)
+        at = changes[-1].at.timestamp()
+        rows.append((batch.first, batch.last, library, at, encode_events(batch), body))
+    return rows, saved
 
 
 @dataclass
@@ -63,9 +69,12 @@ class TableRows:
     keys: list[tuple[str, float, bytes]] = field(default_factory=list)
 
 
-def table_rows(head: Catalog, batches: Sequence[Batch]) -> TableRows:
+def table_rows(
+    head: Catalog, batches: Sequence[Batch], saved: Mapping[tuple[str, str], bytes]
+) -> TableRows:
     """The rows that bring the tables to the state after ``batches``, as ``head`` (the
-    catalog that applied them) holds it: each library and document they touched, once."""
+    catalog that applied them) holds it: each library and document they touched, once (a
+    document as ``saved`` holds its last change: ``change_rows``)."""
     rows = TableRows()
     created: dict[str, int] = {}
     libraries: dict[str, None] = {}
@@ -98,7 +107,7 @@ def table_rows(head: Catalog, batches: Sequence[Batch]) -> TableRows:
             rows.deleted.append((library_id, document_id))
             continue
         at, doc = entry
-        row = (library_id, document_id, at, doc.title, encode_document(doc))
+        row = (library_id, document_id, at, doc.title, saved[(library_id, document_id)])
         (rows.added if added else rows.saved).append(row)
     return rows
 

@@ -19,7 +19,8 @@ EXTERNAL``), which spares the database compressing them on every write.
 (``first``..``last``), ``body`` its changes and ``events`` its change events, both in the disk
 log's encoding (``_codec``: msgpack; embeddings as little-endian float32 bytes). ``libraries``
 and ``documents`` are the state the log leaves, kept in the same transaction (a document's
-``record`` holds its chunks with their embeddings; ``position`` is its listing place). A
+``record`` is the change that saved it last, the same bytes as in its ``changes`` row: the
+document with its chunks and their embeddings; ``position`` is its listing place). A
 server starts from them, so the log can be pruned to the retained history.
 
 ``head`` is the single counter row that orders writes: a write locks it first and holds it to

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from arrwdb.adapters.storage._pg_connections import Connections, masked
-from arrwdb.adapters.storage._pg_log import change_row, table_rows
+from arrwdb.adapters.storage._pg_log import change_rows, table_rows
 from arrwdb.adapters.storage._pg_schema import Statements
 from arrwdb.adapters.storage.memory import Done
 from arrwdb.domain.catalog import Catalog
@@ -221,8 +221,8 @@ class Writer:
         """The changes rows, the tables, the new head and a notification, then ``COMMIT``.
         (``head`` holds the state after the transaction: no write joins it any more.)"""
         sql, conn = self._sql, tx.conn
-        changes = [change_row(b) for b in tx.batches]
-        rows = table_rows(self.head, tx.batches)
+        changes, saved = change_rows(tx.batches)
+        rows = table_rows(self.head, tx.batches, saved)
         last = tx.batches[-1].last
         with conn.cursor() as cur:
             if len(rows.added) >= COPY_FROM:  # (the key to the library is checked at commit:

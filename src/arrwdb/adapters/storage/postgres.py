@@ -53,7 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "PostgreSQL storage needs the postgres extra: pip install 'arrwdb[postgres]'"
     ) from exc
 
-from arrwdb.adapters.storage._codec import decode_document, decode_library
+from arrwdb.adapters.storage._codec import decode_library, decode_saved_document
 from arrwdb.adapters.storage._pg_connections import Connections, masked
 from arrwdb.adapters.storage._pg_log import (
     earliest,
@@ -185,7 +185,7 @@ class PostgresStore:
             libraries = [decode_library(r[1]) for r in binary.execute(sql.load_libraries)]
             entries: dict[str, list[Entry]] = {lib.id: [] for lib in libraries}
             for library_id, at, record in binary.execute(sql.load_documents):
-                entries.setdefault(library_id, []).append((int(at), decode_document(record)))
+                entries.setdefault(library_id, []).append((int(at), decode_saved_document(record)))
             receipts = load_receipts(conn, sql)
         self._visible.restore(position, libraries, entries)
         for key, receipt in receipts:
