@@ -1,15 +1,19 @@
-"""``arrwdb serve`` in a child process on a free loopback port: for the tests that kill it."""
+"""``arrwdb serve`` in a child process on a free loopback port, and NDJSON clients that ingest
+into it until it dies: for the tests that kill it."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
 import httpx
+import numpy as np
 
 
 def free_port() -> int:
@@ -72,3 +76,45 @@ class ServerProcess:
                 self.proc.kill()
         if self.proc is not None and self.proc.stderr:
             self.proc.stderr.close()
+
+
+def key_vector(key: str, dim: int) -> list[float]:
+    """A vector for a document key (the same key, the same vector)."""
+    seed = int.from_bytes(key.encode()[-8:].rjust(8, b"\0"), "little")
+    return np.random.default_rng(seed).standard_normal(dim).astype(np.float32).tolist()
+
+
+def ingest_until_stopped(
+    url: str, library_id: str, prefix: str, dim: int, acked: dict[str, str], stop: threading.Event
+) -> None:
+    """Send NDJSON requests of 5 documents (titled ``<prefix>-b<n>-<i>``, metadata ``key``)
+    until ``stop`` is set or the server dies; record each acknowledged one's id by title."""
+    batch = 0
+    with httpx.Client(base_url=url, timeout=10) as http:
+        while not stop.is_set():
+            keys = [f"{prefix}-b{batch}-{i}" for i in range(5)]
+            body = "".join(
+                json.dumps(
+                    {
+                        "title": k,
+                        "metadata": {"key": k},
+                        "chunks": [{"text": k, "embedding": key_vector(k, dim)}],
+                    }
+                )
+                + "\n"
+                for k in keys
+            )
+            try:
+                with http.stream(
+                    "POST",
+                    f"/v1/libraries/{library_id}/documents/stream",
+                    content=body.encode(),
+                    headers={"content-type": "application/x-ndjson"},
+                ) as response:
+                    for line in response.iter_lines():
+                        msg = json.loads(line) if line else {}
+                        if msg.get("success"):
+                            acked[keys[msg["line"] - 1]] = msg["document_id"]
+            except (httpx.TransportError, json.JSONDecodeError):
+                return
+            batch += 1

@@ -3,7 +3,6 @@ nothing acknowledged is lost, and the restarted server catches up to the same an
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
@@ -12,7 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from processes import ServerProcess
+from processes import ServerProcess, ingest_until_stopped
 
 import pg
 
@@ -20,39 +19,6 @@ DIM = 16
 TRIALS = int(os.environ.get("ARRWDB_CLUSTER_CRASH_TRIALS", "3"))
 
 pytestmark = pytest.mark.slow
-
-
-def _vector(key: str) -> list[float]:
-    seed = int.from_bytes(key.encode()[-8:].rjust(8, b"\0"), "little")
-    return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32).tolist()
-
-
-def _ingest(
-    url: str, library_id: str, client: int, acked: dict[str, str], stop: threading.Event
-) -> None:
-    """NDJSON requests of 5 documents until told to stop or the server dies."""
-    batch = 0
-    with httpx.Client(base_url=url, timeout=10) as http:
-        while not stop.is_set():
-            keys = [f"c{client}-b{batch}-{i}" for i in range(5)]
-            body = "".join(
-                json.dumps({"title": k, "chunks": [{"text": k, "embedding": _vector(k)}]}) + "\n"
-                for k in keys
-            )
-            try:
-                with http.stream(
-                    "POST",
-                    f"/v1/libraries/{library_id}/documents/stream",
-                    content=body.encode(),
-                    headers={"content-type": "application/x-ndjson"},
-                ) as response:
-                    for line in response.iter_lines():
-                        msg = json.loads(line) if line else {}
-                        if msg.get("success"):
-                            acked[keys[msg["line"] - 1]] = msg["document_id"]
-            except (httpx.TransportError, json.JSONDecodeError):
-                return
-            batch += 1
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
@@ -71,7 +37,9 @@ def test_kill_9_of_one_server_loses_nothing_and_it_catches_up(pg_schema: str, tr
         acked: dict[str, str] = {}
         stop = threading.Event()
         clients = [
-            threading.Thread(target=_ingest, args=(url, library_id, i, acked, stop))
+            threading.Thread(
+                target=ingest_until_stopped, args=(url, library_id, f"c{i}", DIM, acked, stop)
+            )
             for i, url in enumerate([a.url, a.url, b.url, b.url])
         ]
         for c in clients:

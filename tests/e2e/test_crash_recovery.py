@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from httpx_sse import connect_sse
-from processes import ServerProcess
+from processes import ServerProcess, ingest_until_stopped, key_vector
 
 TRIALS = int(os.environ.get("ARRWDB_CRASH_TRIALS", "20"))
 CLIENTS = 4
@@ -41,45 +40,13 @@ class Server(ServerProcess):
 
 
 def _vector(key: str) -> list[float]:
-    seed = int.from_bytes(key.encode()[-8:].rjust(8, b"\0"), "little")
-    return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32).tolist()
+    return key_vector(key, DIM)
 
 
 def _ingest(
     url: str, library_id: str, client: int, trial: int, acked: dict[str, str], stop: threading.Event
 ) -> None:
-    """Send small NDJSON requests until the server dies; record acknowledged documents."""
-    batch = 0
-    with httpx.Client(base_url=url, timeout=10) as http:
-        while not stop.is_set():
-            keys = [f"t{trial}-c{client}-b{batch}-{i}" for i in range(5)]
-            body = "".join(
-                json.dumps(
-                    {
-                        "title": k,
-                        "metadata": {"key": k},
-                        "chunks": [{"text": k, "embedding": _vector(k)}],
-                    }
-                )
-                + "\n"
-                for k in keys
-            )
-            try:
-                with http.stream(
-                    "POST",
-                    f"/v1/libraries/{library_id}/documents/stream",
-                    content=body.encode(),
-                    headers={"content-type": "application/x-ndjson"},
-                ) as response:
-                    for line in response.iter_lines():
-                        if not line:
-                            continue
-                        msg = json.loads(line)
-                        if msg.get("success"):
-                            acked[keys[msg["line"] - 1]] = msg["document_id"]
-            except (httpx.TransportError, httpx.RemoteProtocolError, json.JSONDecodeError):
-                return
-            batch += 1
+    ingest_until_stopped(url, library_id, f"t{trial}-c{client}", DIM, acked, stop)
 
 
 def _follow(

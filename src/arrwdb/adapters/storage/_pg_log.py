@@ -19,6 +19,7 @@ from arrwdb.adapters.storage._codec import (
     encode_receipt,
 )
 from arrwdb.adapters.storage._pg_schema import Statements
+from arrwdb.adapters.storage._records import take_events
 from arrwdb.domain.catalog import Catalog
 from arrwdb.domain.changes import (
     KEY_LIFETIME,
@@ -176,17 +177,9 @@ def events_after(
                 decoded = decode_event_list(events)
             except ValueError as exc:
                 raise StorageError(f"unreadable events at position {first}: {exc}") from None
-            for event in decoded:
-                seq = event.seq
-                if seq <= through:
-                    continue
-                if seq > until:
-                    break
-                if library_id is None or event.library_id == library_id:
-                    found.append(event)
-                through = seq
-                if len(found) >= limit:
-                    return found, through
+            through, full = take_events(decoded, through, until, library_id, found, limit)
+            if full:
+                return found, through
     return found, through
 
 

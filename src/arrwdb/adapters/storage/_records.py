@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,32 @@ class Entry:
         if len(data) != length:
             raise OSError(f"{self.path} ends inside record {self.seq}")
         return data
+
+
+def take_events(
+    events: Iterable[Event],
+    after: int,
+    until: int,
+    library_id: str | None,
+    found: list[Event],
+    limit: int,
+) -> tuple[int, bool]:
+    """Append to ``found`` the events of ``library_id`` (``None``: every library) with
+    positions in ``(after, until]``, in order, until it holds ``limit``. Returns the position
+    read through (``after`` if none was in range) and whether ``found`` is full."""
+    through = after
+    for event in events:
+        seq = event.seq
+        if seq <= after:
+            continue
+        if seq > until:
+            break
+        if library_id is None or event.library_id == library_id:
+            found.append(event)
+        through = seq
+        if len(found) >= limit:
+            return through, True
+    return through, False
 
 
 class RecordIndex:
@@ -238,17 +264,12 @@ class RecordIndex:
             if library_id is not None and entry.head.library and entry.head.library != library_id:
                 through = min(entry.last, until)  # all of another library: skipped unread
                 continue
-            for event in self._events_or_seed(entry):
-                seq = event.seq
-                if seq <= after:
-                    continue
-                if seq > until:
-                    break
-                if library_id is None or event.library_id == library_id:
-                    found.append(event)
-                through = seq
-                if len(found) >= limit:
-                    return found, through
+            read, full = take_events(
+                self._events_or_seed(entry), after, until, library_id, found, limit
+            )
+            through = max(through, read)
+            if full:
+                return found, through
             if through >= until:
                 break
         return found, through

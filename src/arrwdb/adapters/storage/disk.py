@@ -64,7 +64,7 @@ import contextlib
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +90,7 @@ from arrwdb.adapters.storage._snapshot import (
     remove_temporaries,
     write_snapshot,
 )
+from arrwdb.adapters.storage._tables import CatalogReads
 from arrwdb.adapters.storage._wal import (
     DEFAULT_SEGMENT_BYTES,
     FsyncPolicy,
@@ -102,7 +103,7 @@ from arrwdb.domain.catalog import Catalog, Entry
 from arrwdb.domain.changes import Batch, Receipt, WriteKey
 from arrwdb.domain.errors import IdempotencyMismatchError, StorageError
 from arrwdb.domain.events import Event
-from arrwdb.domain.models import Document, Library, Page
+from arrwdb.domain.models import Library
 from arrwdb.domain.ports import Build
 
 #: Recent durable batches kept in memory for the projector (older ones are read from the log).
@@ -117,7 +118,7 @@ class DiskStatistics:
     wal: WalStatistics
 
 
-class DiskStore:
+class DiskStore(CatalogReads):
     """Implements ``arrwdb.domain.ports.Store``, ``EventHistory`` and ``Backup`` durably in the
     directory ``path``. ``start()`` (or ``with``) opens it."""
 
@@ -381,26 +382,6 @@ class DiskStore:
         self, after: int, limit: int, library_id: str | None, until: int
     ) -> tuple[list[Event], int]:
         return self._index.events_after(after, limit, library_id, until, self.head)
-
-    # ---- reads -------------------------------------------------------------------------------
-
-    def list_libraries(self) -> list[Library]:
-        with self._state:
-            return self._visible.libraries()
-
-    def get_document(self, library_id: str, document_id: str) -> Document | None:
-        with self._state:
-            return self._visible.document(library_id, document_id)
-
-    def list_documents(self, library_id: str, limit: int, cursor: str | None) -> Page:
-        with self._state:
-            return self._visible.page(library_id, limit, cursor)
-
-    def iter_documents(self, library_id: str) -> Iterator[Document]:
-        with self._state:
-            entries = self._visible.entries(library_id)
-        for _, doc in entries:
-            yield doc
 
     # ---- snapshots ---------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 try:
@@ -64,12 +64,12 @@ from arrwdb.adapters.storage._pg_log import (
 )
 from arrwdb.adapters.storage._pg_schema import SchemaError, Statements, ensure_schema
 from arrwdb.adapters.storage._pg_writer import PostgresCommit, Writer
+from arrwdb.adapters.storage._tables import CatalogReads
 from arrwdb.adapters.storage.memory import Done
 from arrwdb.domain.catalog import Catalog, Entry
 from arrwdb.domain.changes import Batch, WriteKey
 from arrwdb.domain.errors import HistoryLostError, StorageError
 from arrwdb.domain.events import Event
-from arrwdb.domain.models import Document, Library, Page
 from arrwdb.domain.ports import Build
 
 __all__ = ["PostgresCommit", "PostgresStore", "masked"]
@@ -82,7 +82,7 @@ TAIL_BATCHES = 64
 PRUNE_EVERY = 5.0
 
 
-class PostgresStore:
+class PostgresStore(CatalogReads):
     """Implements ``arrwdb.domain.ports.Store``, ``EventHistory`` and ``SharedLog`` over the
     schema ``schema`` of the database at ``url``. ``start()`` (or ``with``) opens it."""
 
@@ -351,26 +351,6 @@ class PostgresStore:
         assert self._sql is not None
         with self._connections.pooled() as conn:
             return events_after(conn, self._sql, after, limit, library_id, until)
-
-    # ---- reads -------------------------------------------------------------------------------
-
-    def list_libraries(self) -> list[Library]:
-        with self._state:
-            return self._visible.libraries()
-
-    def get_document(self, library_id: str, document_id: str) -> Document | None:
-        with self._state:
-            return self._visible.document(library_id, document_id)
-
-    def list_documents(self, library_id: str, limit: int, cursor: str | None) -> Page:
-        with self._state:
-            return self._visible.page(library_id, limit, cursor)
-
-    def iter_documents(self, library_id: str) -> Iterator[Document]:
-        with self._state:
-            entries = self._visible.entries(library_id)
-        for _, doc in entries:
-            yield doc
 
     # ---- health ------------------------------------------------------------------------------
 

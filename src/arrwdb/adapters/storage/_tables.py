@@ -1,0 +1,36 @@
+"""The reads of a store whose committed state is a ``Catalog`` kept in memory (the disk and
+PostgreSQL stores: the tables their log leaves, as far as it is durable)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from arrwdb.domain.catalog import Catalog
+from arrwdb.domain.models import Document, Library, Page
+
+
+class CatalogReads:
+    """``ports.Repository``'s reads, served from ``_visible`` under the lock ``_state`` (both
+    set by the store). A reader sees a write entirely or not at all."""
+
+    _state: threading.Condition
+    _visible: Catalog
+
+    def list_libraries(self) -> list[Library]:
+        with self._state:
+            return self._visible.libraries()
+
+    def get_document(self, library_id: str, document_id: str) -> Document | None:
+        with self._state:
+            return self._visible.document(library_id, document_id)
+
+    def list_documents(self, library_id: str, limit: int, cursor: str | None) -> Page:
+        with self._state:
+            return self._visible.page(library_id, limit, cursor)
+
+    def iter_documents(self, library_id: str) -> Iterator[Document]:
+        with self._state:
+            entries = self._visible.entries(library_id)
+        for _, doc in entries:
+            yield doc
