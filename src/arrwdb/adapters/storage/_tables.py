@@ -4,9 +4,10 @@ PostgreSQL stores: the tables their log leaves, as far as it is durable)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from arrwdb.domain.catalog import Catalog
+from arrwdb.domain.changes import Batch
 from arrwdb.domain.models import Document, Library, Page
 
 
@@ -34,3 +35,19 @@ class CatalogReads:
             entries = self._visible.entries(library_id)
         for _, doc in entries:
             yield doc
+
+
+def tail_batches(tail: Mapping[int, Batch], after: int, head: int, limit: int) -> list[Batch]:
+    """The consecutive batches after ``after`` (up to ``head``) that ``tail`` (recent batches
+    by first position, read without a lock: single dict reads) still holds: whole batches,
+    about ``limit`` changes (at least one)."""
+    out: list[Batch] = []
+    count = 0
+    while after < head:
+        batch = tail.get(after + 1)
+        if batch is None or (out and count + len(batch) > limit):
+            break
+        out.append(batch)
+        count += len(batch)
+        after = batch.last
+    return out

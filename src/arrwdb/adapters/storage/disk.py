@@ -90,7 +90,7 @@ from arrwdb.adapters.storage._snapshot import (
     remove_temporaries,
     write_snapshot,
 )
-from arrwdb.adapters.storage._tables import CatalogReads
+from arrwdb.adapters.storage._tables import CatalogReads, tail_batches
 from arrwdb.adapters.storage._wal import (
     DEFAULT_SEGMENT_BYTES,
     FsyncPolicy,
@@ -347,16 +347,8 @@ class DiskStore(CatalogReads):
         head = self._visible.position
         # the usual reader, the projector, wants the batches just made durable: from memory
         # (as long as the log still holds them: what it no longer holds is history lost)
-        out: list[Batch] = []
-        count = 0
         kept = self._index.first_position
-        while after < head and kept and after >= kept - 1:
-            batch = self._tail.get(after + 1)
-            if batch is None or (out and count + len(batch) > limit):
-                break
-            out.append(batch)
-            count += len(batch)
-            after = batch.last
+        out = tail_batches(self._tail, after, head, limit) if kept and after >= kept - 1 else []
         if out or after >= head:
             return out
         with self._state:

@@ -64,7 +64,7 @@ from arrwdb.adapters.storage._pg_log import (
 )
 from arrwdb.adapters.storage._pg_schema import SchemaError, Statements, ensure_schema
 from arrwdb.adapters.storage._pg_writer import PostgresCommit, Writer
-from arrwdb.adapters.storage._tables import CatalogReads
+from arrwdb.adapters.storage._tables import CatalogReads, tail_batches
 from arrwdb.adapters.storage.memory import Done
 from arrwdb.domain.catalog import Catalog, Entry
 from arrwdb.domain.changes import Batch, WriteKey
@@ -231,15 +231,7 @@ class PostgresStore(CatalogReads):
 
     def read(self, after: int, limit: int) -> list[Batch]:
         head = self.head
-        out: list[Batch] = []
-        count = 0
-        while after < head:
-            batch = self._tail.get(after + 1)
-            if batch is None or (out and count + len(batch) > limit):
-                break
-            out.append(batch)
-            count += len(batch)
-            after = batch.last
+        out = tail_batches(self._tail, after, head, limit)
         if out or after >= head:
             return out
         with self._connections.pooled() as conn:
