@@ -95,3 +95,27 @@ def test_kill_9_of_one_server_loses_nothing_and_it_catches_up(pg_schema: str, tr
         for server in (a, b, restarted):
             if server is not None:
                 server.stop()
+
+
+def test_workers_share_one_dataset_on_one_port(pg_schema: str) -> None:
+    """``--workers 2``: two processes behind one port, each answering with the same data."""
+    args = ["--storage", "postgres", "--postgres-url", pg.url(), "--postgres-schema", pg_schema]
+    server = ServerProcess([*args, "--workers", "2"])
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            names = [f"lib{i}" for i in range(10)]
+            ids = []
+            for name in names:
+                created = http.post("/v1/libraries", json={"name": name, "dimension": 2})
+                assert created.status_code == 201
+                ids.append(created.headers["arrwdb-event-id"])
+            last = max(ids, key=int)
+            for _ in range(20):  # new connections: spread over the workers by the kernel
+                with httpx.Client(base_url=server.url, timeout=10) as fresh:
+                    listed = fresh.get("/v1/libraries", params={"min_event_id": last})
+                    assert sorted(lib["name"] for lib in listed.json()["libraries"]) == names
+    finally:
+        server.stop()
+    assert server.proc is not None
+    assert server.proc.returncode == 0

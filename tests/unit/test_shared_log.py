@@ -190,3 +190,27 @@ def test_services_on_one_schema_see_each_others_writes(pg_schema: str) -> None:
     finally:
         for container in containers:
             container.shutdown_resources()
+
+
+def test_a_schema_written_by_a_newer_version_is_refused(stores, pg_schema: str) -> None:  # type: ignore[no-untyped-def]
+    stores().stop()  # creates the tables
+    with pg.connect() as admin:
+        admin.execute(f"UPDATE {pg_schema}.meta SET value = '99' WHERE key = 'schema_version'")
+    store = PostgresStore(pg.url(), schema=pg_schema)
+    with pytest.raises(StorageError) as info:
+        store.start()
+    assert "version 99" in str(info.value)
+    assert "newer arrwDB" in str(info.value)
+
+
+def test_without_the_extra_the_error_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "arrwdb.adapters.storage.postgres", raising=False)
+    container = build_container(
+        Settings(storage="postgres", postgres_url="postgresql://nobody@127.0.0.1:1/none")
+    )
+    with pytest.raises(StorageError) as info:
+        container.init_resources()
+    assert "pip install 'arrwdb[postgres]'" in str(info.value)
