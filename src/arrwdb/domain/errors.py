@@ -12,6 +12,7 @@ in-process exceptions; transports map the classes below to statuses in one table
     │   ├── InvalidVectorError       invalid_vector       NaN/inf, not 1-d, empty
     │   ├── InvalidFilterError       invalid_filter       unknown operator, bad operand
     │   ├── InvalidArgumentError     invalid_argument     k out of range, bad name, ...
+    │   ├── LimitExceededError       limit_exceeded       beyond a limit: JSON or filter depth
     │   └── IdempotencyMismatchError idempotency_mismatch an idempotency key reused differently
     ├── NotFoundError                not_found            (HTTP 404)
     │   ├── LibraryNotFoundError     not_found
@@ -137,6 +138,16 @@ class HistoryLostError(ArrwdbError):
         )
         self.after = after
         self.earliest = earliest
+
+
+class LimitExceededError(ValidationError):
+    """An input beyond one of the server's limits (``limit`` names it: JSON depth, filter
+    depth, ...)."""
+
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, field: str | None = None) -> None:
+        super().__init__(message, limit=limit, field=field)
 
 
 class IdempotencyMismatchError(ValidationError):

@@ -66,7 +66,8 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Final
 
-from arrwdb.domain.errors import InvalidFilterError
+from arrwdb.domain.errors import InvalidFilterError, LimitExceededError
+from arrwdb.domain.limits import FILTER_DEPTH
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 """A compiled filter: metadata in, "does it match" out."""
@@ -113,21 +114,27 @@ def compile_filter(spec: Mapping[str, Any] | None) -> Predicate:
     """
     if spec is None:
         return MATCH_ALL
-    return _compile(spec, set())
+    return _compile(spec, set(), 0)
 
 
 def filter_fields(spec: Mapping[str, Any] | None) -> frozenset[str]:
     """The metadata fields ``spec`` reads. Validates like :func:`compile_filter`."""
     fields: set[str] = set()
     if spec is not None:
-        _compile(spec, fields)
+        _compile(spec, fields, 0)
     return frozenset(fields)
 
 
 # --- compiling filters and combinators -------------------------------------------------------
 
 
-def _compile(spec: object, fields: set[str]) -> Predicate:
+def _compile(spec: object, fields: set[str], depth: int) -> Predicate:
+    if depth > FILTER_DEPTH:
+        raise LimitExceededError(
+            f"filter combinators nest deeper than {FILTER_DEPTH} levels",
+            limit="filter depth",
+            field="filter",
+        )
     if not isinstance(spec, Mapping):
         raise InvalidFilterError(f"a filter must be an object, got {_type_name(spec)}")
     parts: list[Predicate] = []
@@ -135,20 +142,20 @@ def _compile(spec: object, fields: set[str]) -> Predicate:
         if not isinstance(key, str):
             raise InvalidFilterError(f"filter keys must be strings, got {_type_name(key)}")
         if key.startswith("$"):
-            parts.append(_compile_combinator(key, value, fields))
+            parts.append(_compile_combinator(key, value, fields, depth + 1))
         else:
             fields.add(key)
             parts.append(_compile_field(key, value))
     return _all_of(parts)
 
 
-def _compile_combinator(op: str, operand: object, fields: set[str]) -> Predicate:
+def _compile_combinator(op: str, operand: object, fields: set[str], depth: int) -> Predicate:
     if op == "$not":
         if not isinstance(operand, Mapping):
             raise InvalidFilterError(
                 f"'$not' needs a filter object, got {_type_name(operand)}", operator=op
             )
-        inner = _compile(operand, fields)
+        inner = _compile(operand, fields, depth)
         return _match_none if inner is MATCH_ALL else _negation(inner)
     if op not in COMBINATORS:
         raise InvalidFilterError(f"unknown filter operator {op!r}", operator=op)
@@ -163,7 +170,7 @@ def _compile_combinator(op: str, operand: object, fields: set[str]) -> Predicate
             raise InvalidFilterError(
                 f"{op!r} items must be filter objects, got {_type_name(item)}", operator=op
             )
-    parts = [_compile(item, fields) for item in operand]
+    parts = [_compile(item, fields, depth) for item in operand]
     return _all_of(parts) if op == "$and" else _any_of(parts)
 
 

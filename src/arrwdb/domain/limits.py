@@ -49,3 +49,7 @@ HNSW_M: Final = Bound("index_params.m", 2, 128)
 EF_CONSTRUCTION: Final = Bound("index_params.ef_construction", 1, 10_000)
 #: HNSW: the default search breadth of a library's queries.
 EF_SEARCH: Final = Bound("index_params.ef_search", 1, 10_000)
+#: How deeply filter combinators (``$and``, ``$or``, ``$not``) may nest.
+FILTER_DEPTH: Final = 32
+#: The integers a metadata value may be (what every store can keep: int64 and uint64).
+METADATA_INT: Final = Bound("metadata", -(2**63), 2**64 - 1)

@@ -23,6 +23,7 @@ from arrwdb.domain.limits import (
     EF_CONSTRUCTION,
     EF_SEARCH,
     HNSW_M,
+    METADATA_INT,
     NAME_LENGTH,
     PAGE_LIMIT,
     Bound,
@@ -93,16 +94,28 @@ def check_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
                     f"{field}.{key}: lists may hold only strings, numbers, booleans and null",
                     field=f"{field}.{key}",
                 )
+            for item in value:
+                _check_number(item, f"{field}.{key}")
             value = [_plain(v) for v in value]
         elif not isinstance(value, _SCALARS):
             raise InvalidArgumentError(
                 f"{field}.{key} must be a string, number, boolean, null or a list of those",
                 field=f"{field}.{key}",
             )
-        if isinstance(value, float) and not np.isfinite(value):
-            raise InvalidArgumentError(f"{field}.{key} must be finite", field=f"{field}.{key}")
+        _check_number(value, f"{field}.{key}")
         out[key] = _plain(value)
     return out
+
+
+def _check_number(value: object, field: str) -> None:
+    """A metadata number every store keeps as it is: finite, an integer within 64 bits."""
+    if isinstance(value, float) and not np.isfinite(value):
+        raise InvalidArgumentError(f"{field} must be finite", field=field)
+    if isinstance(value, int) and not isinstance(value, bool) and value not in METADATA_INT:
+        raise InvalidArgumentError(
+            f"{field}: integers must be from -2**63 to 2**64 - 1 (use a string for others)",
+            field=field,
+        )
 
 
 def _plain(value: Any) -> Any:

@@ -238,7 +238,7 @@ class ProtocolFault:
     """Why a WebSocket message is not a valid request."""
 
     request_id: RequestId
-    code: str  # bad_request | unknown_action | the code of domain_error()
+    code: str  # bad_request | unknown_action | limit_exceeded | the code of domain_error()
     message: str
     field: str | None = None
 
@@ -268,6 +268,8 @@ def protocol_error(raw: str | bytes, exc: msgspec.DecodeError) -> ProtocolFault:
     """Explain why ``raw`` failed to decode as a request, with its ``request_id`` if any."""
     try:
         loose = _loose_decoder.decode(raw)
+    except RecursionError:
+        return ProtocolFault(None, "limit_exceeded", "the JSON nests deeper than this server reads")
     except msgspec.ValidationError:
         return ProtocolFault(None, "bad_request", "message is not a request: expected an object")
     except msgspec.DecodeError as bad:

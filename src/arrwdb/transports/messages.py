@@ -26,6 +26,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from arrwdb.domain import limits
+from arrwdb.domain.errors import LimitExceededError
 
 Metadata = dict[str, Any]
 Metric = Literal["cosine", "l2", "ip"]
@@ -331,6 +332,16 @@ def decode(tp: Any, raw: bytes | str) -> Any:
     except msgspec.ValidationError:
         _any_decoder.decode(raw)  # raises DecodeError if it is not JSON at all
         raise
+    except RecursionError:
+        raise too_deep() from None
+
+
+def too_deep() -> LimitExceededError:
+    """What JSON nested deeper than the decoder follows is."""
+    return LimitExceededError(
+        "the JSON nests deeper than this server reads (no input needs more than a few levels)",
+        limit="JSON depth",
+    )
 
 
 #: The one JSON encoder of the transports (reused: building encoders is not free).

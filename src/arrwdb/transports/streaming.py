@@ -34,7 +34,7 @@ from litestar.params import FromPath
 from litestar.types import ASGIApp, Receive, Scope, Send
 from msgspec import UNSET
 
-from arrwdb.domain.errors import AlreadyExistsError, ValidationError
+from arrwdb.domain.errors import AlreadyExistsError, LimitExceededError, ValidationError
 from arrwdb.transports.dispatch import Written
 from arrwdb.transports.envelopes import IngestLine, IngestSummary, IngestSummaryLine, SearchLine
 from arrwdb.transports.errors import (
@@ -193,7 +193,7 @@ async def _ingest(runtime: Runtime, library_id: str, batch: Batch) -> tuple[byte
                 raise _too_large(runtime)
             docs.append(decode(DocumentIn, line.raw))
             numbers.append(line.n)
-        except (msgspec.DecodeError, PayloadTooLarge) as exc:
+        except (msgspec.DecodeError, PayloadTooLarge, LimitExceededError) as exc:
             answers[line.n] = _failed(line.n, exc)
     if docs:
         results: list[Any]
@@ -240,7 +240,7 @@ async def _search(runtime: Runtime, library_id: str, batch: Batch) -> tuple[byte
                 raise _too_large(runtime)
             queries.append(decode(SearchIn, line.raw))
             numbers.append(line.n)
-        except (msgspec.DecodeError, PayloadTooLarge) as exc:
+        except (msgspec.DecodeError, PayloadTooLarge, LimitExceededError) as exc:
             answers[line.n] = _search_failed(line.n, exc)
     if queries:
         results = await runtime.dispatcher.execute_each("search", library_id, queries)

@@ -56,7 +56,7 @@ from arrwdb.transports.envelopes import (
     ws_request_decoder,
 )
 from arrwdb.transports.errors import classify
-from arrwdb.transports.messages import WebSocketStats, encoder
+from arrwdb.transports.messages import WebSocketStats, encoder, too_deep
 from arrwdb.transports.runtime import Outbox, Runtime, RuntimeDep
 
 logger = logging.getLogger("arrwdb.ws")
@@ -208,6 +208,10 @@ class _Connection:
         except msgspec.DecodeError as exc:
             fault = protocol_error(data, exc)
             await self._send(_error(fault.request_id, fault.code, fault.message, fault.field))
+            return
+        except RecursionError:
+            deep = too_deep()
+            await self._send(_error(None, deep.code, deep.message))
             return
         if isinstance(request, SubscribeRequest):
             await self._subscribe(request)

@@ -1,0 +1,156 @@
+"""Inputs that once crashed a request or a connection: JSON nested past what the decoder follows,
+filters nested past their limit, metadata integers no store can keep. Each is a 422 naming the
+limit or the field on every way in, the connection stays open, and one bad NDJSON line fails
+alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+import websockets.sync.client as ws_client
+
+from arrwdb.domain.errors import InvalidArgumentError, LimitExceededError
+from arrwdb.domain.limits import FILTER_DEPTH
+from conftest import create_library
+
+DEEP_JSON = "[" * 5000 + "]" * 5000
+
+
+def nested_not(depth: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {"a": 1}
+    for _ in range(depth):
+        spec = {"$not": spec}
+    return spec
+
+
+def test_json_nested_too_deep_is_a_422_on_rest(http: httpx.Client, library: dict[str, Any]) -> None:
+    body = '{"title": "t", "text": "a", "metadata": {"a": ' + DEEP_JSON + "}}"
+    response = http.post(
+        f"/v1/libraries/{library['id']}/documents",
+        content=body.encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "limit_exceeded"
+    assert "JSON" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("depth", [FILTER_DEPTH + 1, 600])
+def test_a_filter_nested_past_its_limit_is_a_422(
+    http: httpx.Client, library: dict[str, Any], depth: int
+) -> None:
+    response = http.post(
+        f"/v1/libraries/{library['id']}/search",
+        json={"query_vector": [1.0, 0.0], "k": 1, "filter": nested_not(depth)},
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "limit_exceeded"
+    assert response.json()["field"] == "filter"
+
+
+def test_a_filter_at_its_limit_is_answered(http: httpx.Client) -> None:
+    lib = create_library(http, dimension=2, index="flat")
+    response = http.post(
+        f"/v1/libraries/{lib['id']}/search",
+        json={"query_vector": [1.0, 0.0], "k": 1, "filter": nested_not(FILTER_DEPTH)},
+    )
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, [1, 2**70]])
+def test_metadata_integers_beyond_64_bits_are_refused(http: httpx.Client, value: object) -> None:
+    lib = create_library(http, dimension=2)
+    response = http.post(
+        f"/v1/libraries/{lib['id']}/documents",
+        json={
+            "title": "t",
+            "chunks": [{"text": "a", "embedding": [1, 0]}],
+            "metadata": {"n": value},
+        },
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_argument"
+    assert response.json()["field"] == "metadata.n"
+
+
+def test_the_largest_64_bit_integers_are_kept(http: httpx.Client) -> None:
+    lib = create_library(http, dimension=2)
+    metadata = {"low": -(2**63), "high": 2**64 - 1}
+    response = http.post(
+        f"/v1/libraries/{lib['id']}/documents",
+        json={"title": "t", "chunks": [{"text": "a", "embedding": [1, 0]}], "metadata": metadata},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["metadata"] == metadata
+
+
+def test_deep_input_on_a_websocket_is_an_error_response_and_the_socket_stays_open(
+    server: Any, library: dict[str, Any]
+) -> None:
+    with ws_client.connect(f"{server.ws_url}/v1/libraries/{library['id']}/ws") as socket:
+        socket.recv(timeout=10)
+        socket.send(
+            '{"type": "request", "action": "add", "request_id": 1, "data": ' + DEEP_JSON + "}"
+        )
+        answer = json.loads(socket.recv(timeout=10))
+        assert answer["success"] is False
+        assert answer["code"] == "limit_exceeded"
+        deep_filter = {
+            "type": "request",
+            "action": "search",
+            "request_id": 2,
+            "data": {"query_vector": [1.0, 0.0], "k": 1, "filter": nested_not(600)},
+        }
+        socket.send(json.dumps(deep_filter))
+        answer = json.loads(socket.recv(timeout=10))
+        assert (answer["request_id"], answer["code"]) == (2, "limit_exceeded")
+        socket.send(
+            json.dumps(
+                {"type": "request", "action": "get", "request_id": 3, "data": {"document_id": "x"}}
+            )
+        )
+        assert json.loads(socket.recv(timeout=10))["request_id"] == 3  # still open
+
+
+def test_one_bad_ndjson_line_fails_alone(http: httpx.Client) -> None:
+    lib = create_library(http, dimension=2)
+    lines = [
+        json.dumps({"title": "ok1", "chunks": [{"text": "a", "embedding": [1, 0]}]}),
+        '{"title": "deep", "text": "a", "metadata": {"a": ' + DEEP_JSON + "}}",
+        json.dumps(
+            {
+                "title": "big",
+                "chunks": [{"text": "a", "embedding": [1, 0]}],
+                "metadata": {"n": 2**70},
+            }
+        ),
+        json.dumps({"title": "ok2", "chunks": [{"text": "b", "embedding": [0, 1]}]}),
+    ]
+    response = http.post(
+        f"/v1/libraries/{lib['id']}/documents/stream",
+        content=("\n".join(lines) + "\n").encode(),
+        headers={"content-type": "application/x-ndjson"},
+    )
+    answers = [json.loads(line) for line in response.text.splitlines()]
+    assert [a.get("success") for a in answers[:4]] == [True, False, False, True]
+    assert answers[1]["code"] == "limit_exceeded"
+    assert (answers[2]["code"], answers[2]["field"]) == ("invalid_argument", "metadata.n")
+    assert answers[4]["summary"]["added"] == 2
+
+
+def test_in_process_the_same_inputs_raise_the_same_errors() -> None:
+    import arrwdb
+
+    with arrwdb.open() as db:
+        lib = db.create_library("hard", dimension=2, index="flat")
+        with pytest.raises(InvalidArgumentError) as info:
+            lib.add_document(
+                title="t", chunks=[{"text": "a", "embedding": [1, 0]}], metadata={"n": 2**64}
+            )
+        assert info.value.details["field"] == "metadata.n"
+        with pytest.raises(LimitExceededError) as deep:
+            lib.search([1.0, 0.0], k=1, filter=nested_not(FILTER_DEPTH + 1))
+        assert deep.value.code == "limit_exceeded"
