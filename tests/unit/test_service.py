@@ -350,3 +350,31 @@ def test_a_keyed_write_made_again_answers_as_the_first_even_after_a_delete(servi
     with service.idempotent(WriteKey("drop", "f2")):
         service.delete_library(lib.id)
         service.delete_library(lib.id)  # a retry of a delete that was made: no 404
+
+
+def test_a_patch_that_changes_nothing_writes_nothing(service) -> None:  # type: ignore[no-untyped-def]
+    lib = service.create_library("same", dimension=2, index="flat", metadata={"a": 1})
+    doc = service.add_document(
+        lib.id, {"title": "t", "metadata": {"k": 1}, "chunks": [{"text": "a", "embedding": [1, 0]}]}
+    )
+    before = service.last_event_id
+    again = service.update_document(lib.id, doc.id, title="t", metadata={"k": 1})
+    assert again == doc
+    assert service.update_library(lib.id, name="same", metadata={"a": 1}) == service.get_library(
+        lib.id
+    )
+    assert service.last_event_id == before  # no change, no event
+    changed = service.update_document(lib.id, doc.id, title="u")
+    assert changed.title == "u"
+    assert service.last_event_id == before + 1
+
+
+def test_a_patch_to_a_value_python_calls_equal_is_still_a_change(service) -> None:  # type: ignore[no-untyped-def]
+    lib = service.create_library("types", dimension=2, index="flat")
+    doc = service.add_document(
+        lib.id, {"title": "t", "metadata": {"k": 1}, "chunks": [{"text": "a", "embedding": [1, 0]}]}
+    )
+    for value in (True, 1.0, [1]):
+        changed = service.update_document(lib.id, doc.id, metadata={"k": value})
+        assert changed.metadata == {"k": value}
+        assert type(changed.metadata["k"]) is type(value)

@@ -51,9 +51,12 @@ def update_library(library_id: str, fields: Mapping[str, Any]) -> Build:
         name = fields.get("name", old.name)
         if name != old.name and head.library_named(name) is not None:
             raise AlreadyExistsError(f"a library named {name!r} already exists", name=name)
+        changed = {k: v for k, v in fields.items() if not _same(getattr(old, k), v)}
+        if not changed:
+            return []  # nothing to change: nothing is written, no event
         at = utcnow()
-        new = replace(old, **fields, updated_at=at)
-        return [LibraryUpdated(new, tuple(sorted(fields)), at)]
+        new = replace(old, **changed, updated_at=at)
+        return [LibraryUpdated(new, tuple(sorted(changed)), at)]
 
     return build
 
@@ -114,13 +117,12 @@ def update_fields(
 
     def build(head: Head) -> Sequence[Change]:
         old = _document(head, library_id, document_id)
+        new_title = old.title if title is None else title
+        new_metadata = old.metadata if metadata is None else metadata
+        if new_title == old.title and _same(new_metadata, old.metadata):
+            return []  # nothing to change: nothing is written, no event
         at = utcnow()
-        doc = replace(
-            old,
-            title=old.title if title is None else title,
-            metadata=old.metadata if metadata is None else metadata,
-            updated_at=at,
-        )
+        doc = replace(old, title=new_title, metadata=new_metadata, updated_at=at)
         return [DocumentSaved(doc, True, at)]
 
     return build
@@ -153,3 +155,13 @@ def _check_dimension(library: Library, batch: PreparedBatch) -> None:
     """The library's dimension may have been fixed since the batch was prepared."""
     if library.dimension is not None and library.dimension != batch.dimension:
         raise DimensionMismatchError(library.dimension, batch.dimension, what="embedding")
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as JSON values are: ``1``, ``1.0`` and ``true`` differ (Python's ``==`` says
+    they are equal)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b

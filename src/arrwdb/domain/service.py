@@ -284,7 +284,10 @@ class VectorDBService:
         if metadata is not None:
             fields["metadata"] = v.check_metadata(metadata)
         self._known(library_id)
-        updated = self._write(rules.update_library(library_id, fields)).changes[0]
+        changes = self._write(rules.update_library(library_id, fields)).changes
+        if not changes:  # it changed nothing
+            return self.get_library(library_id)
+        updated = changes[0]
         assert isinstance(updated, LibraryUpdated)
         return updated.library  # the record at the update's position
 
@@ -364,7 +367,10 @@ class VectorDBService:
             prepared = self._builder.prepare(library, [new])
             rule = rules.replace_content(library_id, document_id, prepared, new_title, new_meta)
             vectors = prepared.vectors
-        saved = self._write(rule, vectors).changes[0]
+        changes = self._write(rule, vectors).changes
+        if not changes:  # it changed nothing
+            return replace(self.get_document(library_id, document_id), chunks=())
+        saved = changes[0]
         assert isinstance(saved, DocumentSaved)
         return replace(saved.document, chunks=())
 
