@@ -209,13 +209,15 @@ def test_a_failed_append_raises_and_the_store_keeps_serving(
     lost = make_document(lib.id, "lost", 2, seed=50)
     with pytest.raises(StorageError, match=message):
         commit(store, DocumentSaved(lost, False, utcnow()))
-    store.check()  # not poisoned: the failed record was taken back
+    with pytest.raises(StorageError, match="its last write failed"):
+        store.check()  # not ready while writes fail (not poisoned: the record was taken back)
     assert store.get_document(lib.id, lost.id) is None
     assert stored_views(store, lib) == [view(d) for d in docs]
     assert store.head == 4
     setattr(faults, fault, None)
     kept = make_document(lib.id, "kept", 2, seed=51)
     assert commit(store, DocumentSaved(kept, False, utcnow())).first == 5  # no position used
+    store.check()  # ready again once a write succeeds
     store.stop()
     with (
         caplog.at_level(logging.WARNING, logger="arrwdb.storage"),

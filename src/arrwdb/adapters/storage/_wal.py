@@ -105,6 +105,7 @@ class WriteAheadLog:
         self._synced = 0  # highest record known to be fsynced
         self._syncing = False  # a leader is fsyncing outside the lock
         self._failure: StorageError | None = None
+        self._append_error: StorageError | None = None
         self._closed = False
         self._appends = self._fsyncs = self._bytes = 0
         self._stop = threading.Event()
@@ -195,19 +196,24 @@ class WriteAheadLog:
         size = HEADER_SIZE + length
         with self._cond:
             self._check_writable()
-            while self._size > 0 and self._size + size > self._segment_bytes:
-                if self._syncing:  # never close a file under a leader's fsync
-                    self._cond.wait()
-                    self._check_writable()
+            try:
+                while self._size > 0 and self._size + size > self._segment_bytes:
+                    if self._syncing:  # never close a file under a leader's fsync
+                        self._cond.wait()
+                        self._check_writable()
+                    else:
+                        self._roll()
+                seq = self._next_seq
+                offset = self._size
+                header = frame_header(WAL_MAGIC, seq, length, payload_crc)
+                if length <= _JOIN_BELOW:  # one system call for a small record
+                    self._write_all((b"".join((header, *parts)),))
                 else:
-                    self._roll()
-            seq = self._next_seq
-            offset = self._size
-            header = frame_header(WAL_MAGIC, seq, length, payload_crc)
-            if length <= _JOIN_BELOW:  # one system call for a small record
-                self._write_all((b"".join((header, *parts)),))
-            else:
-                self._write_all((header, *parts))
+                    self._write_all((header, *parts))
+            except StorageError as exc:
+                self._append_error = exc  # until an append succeeds (readiness says so)
+                raise
+            self._append_error = None
             self._next_seq = seq + 1
             self._size += size
             self._appends += 1
@@ -362,6 +368,12 @@ class WriteAheadLog:
                     return  # logged by _sync_failed; appends now raise
 
     # ---- state -------------------------------------------------------------------------------
+
+    @property
+    def append_error(self) -> StorageError | None:
+        """Why the last append failed, if it did (a full disk): cleared by the next one that
+        succeeds."""
+        return self._append_error
 
     @property
     def failure(self) -> StorageError | None:

@@ -474,10 +474,17 @@ class DiskStore(CatalogReads):
         )
 
     def check(self) -> None:
+        """Raise ``StorageError`` when the store cannot write: after a failed fsync (until a
+        restart), or while appends fail (a full disk: until one succeeds)."""
         wal = self._writable()
         failure = wal.failure
         if failure is not None:
             raise StorageError(f"the store at {self.path} cannot write: {failure}")
+        failed = wal.append_error
+        if failed is not None:
+            raise StorageError(
+                f"the store at {self.path} cannot write: its last write failed: {failed}"
+            )
 
     def stop(self) -> None:
         """Wait for a running snapshot, fsync the log, release the directory. Idempotent."""
