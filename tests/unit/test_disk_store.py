@@ -567,3 +567,29 @@ def test_concurrent_writers_are_applied_in_log_order(tmp_path: Path) -> None:
         assert again.list_libraries() == live
         assert events_from(again, 0) == events
         assert [batch_view(b) for b in batches_from(again, 0)] == [batch_view(b) for b in replayed]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_backup_leaves_nothing_that_blocks_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    import arrwdb.adapters.storage.disk as disk_module
+
+    real = disk_module.write_snapshot
+
+    def full_disk(directory: Path, state: object) -> Path:
+        (directory / "snapshot-00000000000000000001.snap.tmp").write_bytes(b"half")
+        raise StorageError("No space left on device")
+
+    with DiskStore(tmp_path / "live") as store:
+        fill(store, 2)
+        target = tmp_path / "backup"
+        if existing:
+            target.mkdir()  # an empty directory the caller made: it stays, empty
+        monkeypatch.setattr(disk_module, "write_snapshot", full_disk)
+        with pytest.raises(StorageError, match="No space"):
+            store.snapshot_to(target)
+        assert target.exists() == existing
+        assert not existing or not any(target.iterdir())
+        monkeypatch.setattr(disk_module, "write_snapshot", real)
+        assert store.snapshot_to(target).exists()  # the same name works once there is room

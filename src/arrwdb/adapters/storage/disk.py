@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -410,13 +411,22 @@ class DiskStore(CatalogReads):
         ``destination``; it opens as a ``DiskStore`` on its own. Returns the file."""
         target = Path(destination)
         self._writable()
+        created = not target.exists()
         try:
             target.mkdir(parents=True, exist_ok=True)
             if any(target.iterdir()):
                 raise StorageError(f"backup directory {target} is not empty", path=str(target))
         except OSError as exc:
             raise storage_error("could not create backup directory", target, exc) from exc
-        return write_snapshot(target, self._capture())
+        try:
+            return write_snapshot(target, self._capture())
+        except BaseException:
+            # leave nothing behind: a failed backup must not keep its name taken
+            if created:
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                remove_temporaries(target)
+            raise
 
     def _capture(self) -> SnapshotState:
         wal = self._writable()
