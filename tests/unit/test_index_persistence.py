@@ -229,6 +229,31 @@ def test_a_damaged_save_is_ignored_with_a_warning_and_rebuilt(
     assert (store_dir / "indexes" / lib.id / "2" / GRAPH_FILE).exists()
 
 
+def test_a_same_size_edit_of_a_saved_vector_is_caught_and_rebuilt(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A saved file edited without changing its size (a flipped byte among the vectors) is
+    not loaded: every search still finds each chunk itself, never a wrong one."""
+    container, service = open_service(store_dir)
+    lib = service.create_library("l", dimension=DIM)
+    for seed in range(10):
+        add(service, lib.id, seed, 2)
+    container.shutdown_resources()
+    vectors_file = store_dir / "indexes" / lib.id / "1" / "vectors.npy"
+    data = bytearray(vectors_file.read_bytes())
+    data[-4:] = bytes(4) if data[-4:] != bytes(4) else b"\x00\x00\x80\x3f"
+    vectors_file.write_bytes(bytes(data))
+
+    caplog.set_level(logging.WARNING, logger="arrwdb.storage")
+    container, service = open_service(store_dir)
+    try:
+        assert everything(service, lib.id) == stored(service, lib.id)
+    finally:
+        container.shutdown_resources()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "arrwdb.storage"]
+    assert any("checksum" in w and "rebuilding" in w for w in warnings), warnings
+
+
 def test_a_save_for_other_settings_or_another_library_is_not_used(tmp_path: Path) -> None:
     store = FileIndexStore(tmp_path)
     library = Library(id=new_id(), name="l", dimension=DIM, index_params=IndexParams(m=8))

@@ -11,14 +11,17 @@ Layout, under ``<data dir>/indexes/``::
                               labels.npy    the live labels of the exact copy, int64
                               vectors.npy   their vectors as stored (normalised for cosine)
                               chunks.msgpack  the chunk id of every label ever given (or nil)
-                              meta.json     format, kind, dimension, metric, parameters, sizes
+                              meta.json     format, kind, dimension, metric, parameters, and
+                                            each file's size and crc32
 
 A save is written into ``<generation>.tmp/``, every file fsynced, then renamed to
 ``<generation>/`` (a higher number than any before) and the directory fsynced; only then are
 older generations removed. So a crash leaves either the old save or the new one, never a mix,
 and a leftover ``.tmp`` is ignored and removed. ``load`` reads the newest generation; anything
 unexpected (a missing file, a size that differs from ``meta.json``, a graph that does not match)
-is logged on ``arrwdb.storage`` and the index is rebuilt instead: a save is only a cache.
+is logged on ``arrwdb.storage`` and the index is rebuilt instead: a save is only a cache. Every
+file's crc32 is checked before it is used, so a damaged or edited file (even one of the same
+size) is never loaded.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -43,7 +47,8 @@ __all__ = ["FileIndexStore"]
 
 logger = logging.getLogger("arrwdb.storage")
 
-FORMAT: Final = 1
+#: 2: with the files' crc32 (a save of format 1 is rebuilt once)
+FORMAT: Final = 2
 META_FILE: Final = "meta.json"
 CHUNKS_FILE: Final = "chunks.msgpack"
 _TMP: Final = ".tmp"
@@ -87,6 +92,8 @@ class FileIndexStore:
             actual = (directory / name).stat().st_size
             if actual != size:
                 raise ValueError(f"{name} has {actual} bytes, not {size}")
+            if _crc32(directory / name) != meta["crc32"][name]:
+                raise ValueError(f"{name} does not match its checksum")
         chunk_ids = _CHUNK_IDS.decode((directory / CHUNKS_FILE).read_bytes())
         assert library.dimension is not None
         index = HnswIndex.load(
@@ -133,6 +140,7 @@ class FileIndexStore:
                 "count": len(index),
                 "labels": len(chunk_ids),
                 "sizes": {f.name: f.stat().st_size for f in files},
+                "crc32": {f.name: _crc32(f) for f in files},
             }
             (staging / META_FILE).write_text(json.dumps(meta, indent=1))
             files.append(staging / META_FILE)
@@ -182,6 +190,14 @@ def _identity(library: Library) -> dict[str, Any]:
         "metric": library.metric,
         "params": library.index_params.as_dict(),
     }
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 def _fsync_file(path: Path) -> None:
