@@ -154,3 +154,14 @@ def test_in_process_the_same_inputs_raise_the_same_errors() -> None:
         with pytest.raises(LimitExceededError) as deep:
             lib.search([1.0, 0.0], k=1, filter=nested_not(FILTER_DEPTH + 1))
         assert deep.value.code == "limit_exceeded"
+
+
+@pytest.mark.parametrize("bad", ["a/b", "tab\there", "new\nline"])
+def test_a_document_id_a_url_cannot_carry_is_refused(http: httpx.Client, bad: str) -> None:
+    lib = create_library(http, dimension=2)
+    response = http.post(
+        f"/v1/libraries/{lib['id']}/documents",
+        json={"id": bad, "title": "t", "chunks": [{"text": "a", "embedding": [1, 0]}]},
+    )
+    assert response.status_code == 422
+    assert (response.json()["code"], response.json()["field"]) == ("invalid_argument", "id")

@@ -69,7 +69,7 @@ class DocumentBuilder:
             where = "" if one else f"documents[{i}]."
             title = check_text(doc.title if doc.title is not None else "", f"{where}title")
             metadata = check_metadata(doc.metadata, f"{where}metadata")
-            doc_id = None if doc.id is None else v.check_name(doc.id, f"{where}id")
+            doc_id = None if doc.id is None else v.check_document_id(doc.id, f"{where}id")
             if (doc.text is None) == (doc.chunks is None):
                 raise InvalidArgumentError(
                     f"{where or 'a document '}needs exactly one of text and chunks".strip(),

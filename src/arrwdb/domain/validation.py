@@ -69,6 +69,18 @@ def check_name(name: object, field: str = "name") -> str:
     return name
 
 
+def check_document_id(document_id: object, field: str = "id") -> str:
+    """A client-chosen document id: a name that a URL path can carry as one segment (no
+    ``/``, no control characters)."""
+    checked = check_name(document_id, field)
+    if "/" in checked or not checked.isprintable():
+        raise InvalidArgumentError(
+            f"{field} must not contain '/' or control characters (it is a URL path segment)",
+            field=field,
+        )
+    return checked
+
+
 def check_text(text: object, field: str) -> str:
     if not isinstance(text, str):
         raise InvalidArgumentError(f"{field} must be a string", field=field)
