@@ -246,15 +246,13 @@ class RecordIndex:
             seed = self._joined_seed()
             records_from = self._entries[0].first if self._entries else head + 1
         if seed and after + 1 < records_from:  # the part a snapshot kept
-            for event in seed[max(0, after + 1 - seed[0].seq) :]:
-                seq = event.seq
-                if seq > until or seq >= records_from:
-                    break
-                if library_id is None or event.library_id == library_id:
-                    found.append(event)
-                through = seq
-                if len(found) >= limit:
-                    return found, through
+            kept = seed[max(0, after + 1 - seed[0].seq) :]
+            read, full = take_events(
+                kept, after, min(until, records_from - 1), library_id, found, limit
+            )
+            through = max(through, read)
+            if full:
+                return found, through
             if through >= until or through + 1 < records_from:
                 return found, through
             after = through
