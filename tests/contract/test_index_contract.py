@@ -316,3 +316,22 @@ def test_make_index_rejects_an_unknown_kind() -> None:
     assert excinfo.value.code == "invalid_argument"
     assert "flat" in str(excinfo.value)
     assert "hnsw" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_an_empty_index_of_the_largest_dimension_reserves_little(kind: str) -> None:
+    """An empty library of 65,536-d vectors once reserved ~514 MiB before its first vector."""
+    from arrwdb.adapters.index import make_index
+    from arrwdb.domain.limits import DIMENSION
+    from arrwdb.domain.models import IndexParams
+
+    index = make_index(kind, DIMENSION.high, "cosine", IndexParams())
+    exact = getattr(index, "_vectors", index)  # HNSW keeps an exact copy beside its graph
+    assert exact._data.nbytes <= 8 * 2**20
+    if kind == "hnsw":
+        assert index._graph.max_elements * DIMENSION.high * 4 <= 8 * 2**20
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, DIMENSION.high)).astype(np.float32)
+    index.add(np.arange(40, dtype=np.int64), vectors)  # grows past the reservation
+    labels, _ = index.search(vectors[:1], 1)
+    assert labels[0, 0] == 0

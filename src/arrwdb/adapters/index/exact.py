@@ -25,9 +25,13 @@ import numpy.typing as npt
 from arrwdb.domain.models import Matrix, Metric
 from arrwdb.domain.ports import Labels, Scores
 
-__all__ = ["ExactIndex", "padded"]
+__all__ = ["ExactIndex", "initial_rows", "padded"]
 
+#: The rows an empty index reserves: 1024, or fewer where that would take more than
+#: ``_INITIAL_BYTES`` (a 65,536-d library would otherwise reserve 256 MiB before its first
+#: vector).
 _INITIAL_CAPACITY = 1024
+_INITIAL_BYTES = 4 * 2**20
 _SCORE_BUDGET_BYTES = 64 * 2**20
 #: Below this fraction of the rows, a filtered search gathers the allowed rows and scores only
 #: them; above it, it scores every row and masks out the others.
@@ -161,6 +165,11 @@ def _strictly_increasing(labels: Labels) -> bool:
     return bool(np.all(labels[1:] > labels[:-1]))
 
 
+def initial_rows(dimension: int) -> int:
+    """How many vectors of ``dimension`` an empty index makes room for."""
+    return max(16, min(_INITIAL_CAPACITY, _INITIAL_BYTES // (4 * max(1, dimension))))
+
+
 class ExactIndex:
     """Exact nearest-neighbour search over a growable float32 matrix (see the module doc)."""
 
@@ -169,11 +178,13 @@ class ExactIndex:
         dimension: int,
         metric: Metric,
         *,
-        initial_capacity: int = _INITIAL_CAPACITY,
+        initial_capacity: int | None = None,
         max_score_bytes: int = _SCORE_BUDGET_BYTES,
     ) -> None:
         self._dimension = dimension
         self._metric: Metric = metric
+        if initial_capacity is None:
+            initial_capacity = initial_rows(dimension)
         self._min_capacity = max(1, initial_capacity)
         self._budget = max_score_bytes
         self._data: Matrix = np.empty((self._min_capacity, dimension), dtype=np.float32)
@@ -313,7 +324,7 @@ class ExactIndex:
         index._sq_norms = np.einsum("ij,ij->i", index._data, index._data)
         index._rows = dict(zip(labels.tolist(), range(n), strict=True))
         index._n = n
-        index._min_capacity = _INITIAL_CAPACITY
+        index._min_capacity = initial_rows(dimension)
         return index
 
     def get_vectors(self, labels: Labels) -> Matrix:

@@ -39,14 +39,13 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-from arrwdb.adapters.index.exact import ExactIndex, padded
+from arrwdb.adapters.index.exact import ExactIndex, initial_rows, padded
 from arrwdb.domain.models import IndexParams, Matrix, Metric
 from arrwdb.domain.ports import Labels, Scores
 
 __all__ = ["HnswIndex"]
 
 _SPACES: dict[Metric, str] = {"cosine": "cosine", "ip": "ip", "l2": "l2"}
-_INITIAL_CAPACITY = 1024
 #: A filtered search scans the allowed vectors exactly when there are at most
 #: ``max(_BRUTE_FORCE_MAX, _BRUTE_FORCE_FRACTION * len(index))`` of them. Measured on 2 cores
 #: (50k-100k vectors, 128-384 d): the scan costs ~0.5 ms per 1,000 allowed vectors; the
@@ -72,11 +71,13 @@ class HnswIndex:
         metric: Metric,
         params: IndexParams | None = None,
         *,
-        initial_capacity: int = _INITIAL_CAPACITY,
+        initial_capacity: int | None = None,
         add_threads: int = -1,
         seed: int = 100,
     ) -> None:
         params = params or IndexParams()
+        if initial_capacity is None:  # as the exact copy: bounded in bytes, not only in rows
+            initial_capacity = initial_rows(dimension)
         self._dimension = dimension
         self._metric: Metric = metric
         self._params = params
