@@ -1,5 +1,5 @@
-"""The reads of a store whose committed state is a ``Catalog`` kept in memory (the disk and
-PostgreSQL stores: the tables their log leaves, as far as it is durable)."""
+"""The reads of a store whose committed state is a ``Catalog`` kept in memory (every store:
+the tables its log leaves, as far as it is durable)."""
 
 from __future__ import annotations
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
 
+from arrwdb.adapters.storage._tables import CatalogReads
 from arrwdb.domain.catalog import Catalog
 from arrwdb.domain.changes import Batch, WriteKey
 from arrwdb.domain.errors import HistoryLostError, IdempotencyMismatchError
-from arrwdb.domain.models import Document, Library, Page
 from arrwdb.domain.ports import Build
 
 
@@ -36,42 +35,42 @@ class Done:
         return self._batch
 
 
-class InMemoryStore:
+class InMemoryStore(CatalogReads):
     """Implements ``arrwdb.domain.ports.Store``."""
 
     def __init__(self, history_size: int = 10_000) -> None:
         self._history_size = max(1, history_size)
-        self._cond = threading.Condition(threading.Lock())
-        self._tables = Catalog()
+        self._state = threading.Condition(threading.Lock())
+        self._visible = Catalog()  # the tables (``CatalogReads`` serves them)
         self._batches: deque[Batch] = deque()
         self._kept = 0  # changes in _batches
 
     # -- the change log -----------------------------------------------------------------------
 
     def write(self, build: Build, key: WriteKey | None = None) -> Done:
-        with self._cond:
+        with self._state:
             if key is not None:
-                receipt = self._tables.receipt(key.key)
+                receipt = self._visible.receipt(key.key)
                 if receipt is not None:
                     if receipt.fingerprint != key.fingerprint:
                         raise IdempotencyMismatchError(key.key)
                     return Done(receipt.batch)
-            batch = Batch(self._tables.position + 1, tuple(build(self._tables)), key)
+            batch = Batch(self._visible.position + 1, tuple(build(self._visible)), key)
             if batch.changes:
-                self._tables.apply(batch)
+                self._visible.apply(batch)
                 self._batches.append(batch)
                 self._kept += len(batch)
                 while self._kept - len(self._batches[0]) >= self._history_size:
                     self._kept -= len(self._batches.popleft())
-                self._cond.notify_all()
+                self._state.notify_all()
         return Done(batch)
 
     def read(self, after: int, limit: int) -> list[Batch]:
-        with self._cond:
+        with self._state:
             batches = self._batches
-            if after >= self._tables.position:
+            if after >= self._visible.position:
                 return []
-            earliest = batches[0].first if batches else self._tables.position + 1
+            earliest = batches[0].first if batches else self._visible.position + 1
             if after + 1 < earliest:
                 raise HistoryLostError(after, earliest)
             # batches are consecutive: find the one holding after + 1 from the end (the
@@ -90,32 +89,12 @@ class InMemoryStore:
 
     @property
     def head(self) -> int:
-        return self._tables.position
+        return self._visible.position
 
     def wait_for(self, after: int, timeout: float | None = None) -> int:
-        with self._cond:
-            self._cond.wait_for(lambda: self._tables.position > after, timeout)
-            return self._tables.position
-
-    # -- the tables ---------------------------------------------------------------------------
-
-    def list_libraries(self) -> list[Library]:
-        with self._cond:
-            return self._tables.libraries()
-
-    def get_document(self, library_id: str, document_id: str) -> Document | None:
-        with self._cond:
-            return self._tables.document(library_id, document_id)
-
-    def list_documents(self, library_id: str, limit: int, cursor: str | None) -> Page:
-        with self._cond:
-            return self._tables.page(library_id, limit, cursor)
-
-    def iter_documents(self, library_id: str) -> Iterator[Document]:
-        with self._cond:
-            entries = self._tables.entries(library_id)
-        for _, doc in entries:
-            yield doc
+        with self._state:
+            self._state.wait_for(lambda: self._visible.position > after, timeout)
+            return self._visible.position
 
     # -- lifecycle ----------------------------------------------------------------------------
 
