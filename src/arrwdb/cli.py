@@ -42,6 +42,17 @@ def _parser() -> argparse.ArgumentParser:
         "--postgres-schema", help="schema of the tables in that database (default arrwdb)"
     )
     serve.add_argument(
+        "--api-key-file",
+        help="file holding the admin API key (else ARRWDB_API_KEY); with one, every request "
+        "but GET /v1/health needs a key",
+    )
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="serve without an API key on an address other than loopback",
+    )
+    serve.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -88,6 +99,8 @@ def _serve(args: argparse.Namespace) -> int:
         if args.workers < 1:
             raise ValueError("--workers must be >= 1")
         settings = Settings.from_env(
+            api_key=_read_key(args.api_key_file),
+            allow_anonymous=args.allow_anonymous,
             host=args.host,
             port=args.port,
             storage=storage,
@@ -101,14 +114,19 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
 
-    from arrwdb.server import StorageUnavailableError, WorkersRefusedError, serve
+    from arrwdb.server import (
+        AnonymousRefusedError,
+        StorageUnavailableError,
+        WorkersRefusedError,
+        serve,
+    )
 
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: end quietly
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         if not serve(settings, workers=args.workers):
             return 1
-    except (StorageUnavailableError, WorkersRefusedError) as exc:
+    except (StorageUnavailableError, WorkersRefusedError, AnonymousRefusedError) as exc:
         print(f"arrwdb serve: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, _Stopped):
@@ -116,6 +134,20 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _read_key(path: str | None) -> str | None:
+    """The admin key in ``path`` (surrounding whitespace removed)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            key = file.read().strip()
+    except OSError as exc:
+        raise ValueError(f"--api-key-file {path}: {exc.strerror}") from None
+    if not key:
+        raise ValueError(f"--api-key-file {path}: the file is empty")
+    return key
 
 
 class _Stopped(Exception):

@@ -12,7 +12,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 ALL_TRANSPORTS = ("rest", "ndjson", "sse", "websocket")
@@ -49,15 +49,27 @@ class Settings:
     log_level: str = "info"
     transports: tuple[str, ...] = ALL_TRANSPORTS
     cors_origins: tuple[str, ...] = ()
+    # security: the admin key (never shown in a repr or a log)
+    api_key: str | None = field(default=None, repr=False)
+    allow_anonymous: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    # limits per client (API key, or address when the server is open); 0: none
+    rate_limit: float = 5_000.0
+    rate_burst: float | None = None
+    max_streams_per_client: int = 1_000
+    # observability: /metrics on a port of its own (no key asked there) instead of the API's
+    metrics_port: int | None = None
     max_body_bytes: int = 64 * 1024 * 1024
     max_ws_message_bytes: int = 16 * 1024 * 1024
     ws_send_queue: int = 1_024
     ws_send_buffer_bytes: int = 8 * 1024 * 1024
     ws_max_inflight: int = 32
+    ws_inflight_bytes: int = 16 * 1024 * 1024
     ws_send_timeout: float = 10.0
     sse_keepalive: float = 15.0
     sse_send_timeout: float = 10.0
     ndjson_batch: int = 256
+    ndjson_send_timeout: float = 30.0
     consistency_timeout: float = 5.0
     shutdown_timeout: float = 10.0
 

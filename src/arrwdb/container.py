@@ -23,10 +23,13 @@ from dependency_injector import containers, providers
 from arrwdb.adapters.embedders.hashing import HashingEmbedder
 from arrwdb.adapters.hub.local import LocalEventHub
 from arrwdb.adapters.index import make_index
+from arrwdb.adapters.keys.file import FileKeys
+from arrwdb.adapters.keys.memory import MemoryKeys
 from arrwdb.adapters.storage.disk import DiskStore
 from arrwdb.adapters.storage.index_files import FileIndexStore
 from arrwdb.adapters.storage.memory import InMemoryStore
 from arrwdb.config import Settings
+from arrwdb.domain.access import KeyRing
 from arrwdb.domain.chunking import Chunker
 from arrwdb.domain.errors import StorageError
 from arrwdb.domain.ports import (
@@ -35,6 +38,7 @@ from arrwdb.domain.ports import (
     EventHub,
     IndexFactory,
     IndexStore,
+    KeyStore,
     Store,
 )
 from arrwdb.domain.service import VectorDBService
@@ -106,6 +110,30 @@ def _postgres_store(**options: Any) -> Store:
     return PostgresStore(**options)
 
 
+def _postgres_keys(url: str, schema: str) -> KeyStore:
+    """The API keys of a PostgreSQL store (imported here: it needs the ``postgres`` extra)."""
+    try:
+        from arrwdb.adapters.keys.postgres import PostgresKeys
+    except ImportError:
+        raise StorageError(
+            "PostgreSQL storage needs the postgres extra: pip install 'arrwdb[postgres]'"
+        ) from None
+
+    return PostgresKeys(url, schema)
+
+
+def _loaded_keyring(store: KeyStore, admin_key: str | None, _: Store) -> Iterator[KeyRing]:
+    """The key ring, loaded after the store is open (its keys live beside the store)."""
+    ring = KeyRing(store, admin_key)
+    ring.load()
+    try:
+        yield ring
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+
+
 class Container(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
 
@@ -157,6 +185,17 @@ class Container(containers.DeclarativeContainer):
     embedders = providers.Dict(hashing=providers.Singleton(HashingEmbedder))
 
     chunker = providers.Singleton(Chunker, size=config.chunk_size, overlap=config.chunk_overlap)
+
+    # API keys live beside the store: in memory, in the data directory, in PostgreSQL
+    key_store = providers.Selector(
+        config.storage,
+        memory=providers.Singleton(MemoryKeys),
+        disk=providers.Singleton(FileKeys, config.data_dir),
+        postgres=providers.Singleton(
+            _postgres_keys, url=config.postgres_url, schema=config.postgres_schema
+        ),
+    )
+    keyring = providers.Resource(_loaded_keyring, key_store, config.api_key, opened_store)
 
     service = providers.Resource(
         _service,

@@ -38,8 +38,10 @@ from litestar.openapi.plugins import (
 from arrwdb.config import Settings
 from arrwdb.container import Container, build_container
 from arrwdb.domain.errors import ArrwdbError
-from arrwdb.transports import rest, sse, streaming, ws
+from arrwdb.transports import keys, metrics, rest, sse, streaming, ws
 from arrwdb.transports.errors import EXCEPTION_HANDLERS
+from arrwdb.transports.guard import Guard, is_loopback, provide_caller
+from arrwdb.transports.metrics import Metrics
 from arrwdb.transports.runtime import Runtime
 
 logger = logging.getLogger("arrwdb.server")
@@ -75,7 +77,9 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         except ArrwdbError as exc:  # e.g. the data directory is locked by another server
             logger.error("cannot open the store: %s", exc)
             raise
-        runtime.start(opened.service())
+        runtime.start(opened.service(), opened.keyring())
+        if settings.metrics_port is not None:
+            measured.serve_on(settings.host, settings.metrics_port)
         logger.info(
             "arrwDB ready: storage %s, transports %s",
             settings.storage,
@@ -84,15 +88,34 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         try:
             yield
         finally:
+            measured.stop()
             await runtime.drain(settings.shutdown_timeout)
             if owned:
                 await anyio.to_thread.run_sync(opened.shutdown_resources)
             logger.info("arrwDB stopped")
 
     routers = [rest.health_router()] + [TRANSPORTS[name]() for name in settings.transports]
+    if "rest" in settings.transports:
+        routers.append(keys.router())
+    measured = Metrics(runtime)
+    runtime.metrics_exposition = measured.exposition
+    if settings.metrics_port is None:
+        routers.append(metrics.router())
+    guard = Guard(
+        lambda: runtime.keys,
+        counters=runtime.counters,
+        limiter=runtime.limiter,
+        bound_host=settings.host,
+        allowed_hosts=settings.allowed_hosts,
+        cors_origins=settings.cors_origins,
+    )
     return Litestar(
         route_handlers=routers,
-        dependencies={"runtime": Provide(lambda: runtime, sync_to_thread=False)},
+        middleware=[measured.middleware, guard.middleware],
+        dependencies={
+            "runtime": Provide(lambda: runtime, sync_to_thread=False),
+            "caller": Provide(provide_caller, sync_to_thread=False),
+        },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins))
@@ -156,11 +179,29 @@ def uvicorn_config(app: Litestar | str, settings: Settings, **overrides: Any) ->
         "log_config": None,
         "lifespan": "on",
         "ws_max_size": 2 * settings.max_ws_message_bytes,
+        # messages read from the socket but not yet by the connection: few, as each may be big
+        "ws_max_queue": 4,
         "ws_per_message_deflate": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout + 5.0,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
+
+
+class AnonymousRefusedError(ValueError):
+    """No admin key, and an address other than loopback."""
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve anyone who can reach the port without a key: with no admin key the
+    server binds only to a loopback address, unless ``allow_anonymous``."""
+    if settings.api_key or settings.allow_anonymous or is_loopback(settings.host):
+        return
+    raise AnonymousRefusedError(
+        f"refusing to serve on {settings.host} without an API key: anyone who can reach it "
+        "could read and delete every library. Set ARRWDB_API_KEY (or --api-key-file), or "
+        "pass --allow-anonymous (ARRWDB_ALLOW_ANONYMOUS=1) to serve it open anyway"
+    )
 
 
 class WorkersRefusedError(ValueError):
@@ -171,6 +212,7 @@ def serve(settings: Settings, workers: int = 1) -> bool:
     """Run arrwDB until SIGINT/SIGTERM, then shut down gracefully. False if it never started
     (the store could not be opened, the port was taken: the log says why). ``workers`` > 1
     runs that many processes on one port; they need a shared store (``postgres``)."""
+    check_exposure(settings)
     if workers > 1:
         return _serve_workers(settings, workers)
     app = create_app(settings)

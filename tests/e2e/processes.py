@@ -4,6 +4,7 @@ into it until it dies: for the tests that kill it."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -25,8 +26,9 @@ def free_port() -> int:
 class ServerProcess:
     """``arrwdb serve <args> --port <free>``; ``start`` waits until it is ready."""
 
-    def __init__(self, args: Sequence[str]) -> None:
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.args = list(args)
+        self.env = None if env is None else {**os.environ, **env}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -46,6 +48,7 @@ class ServerProcess:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            env=self.env,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -58,6 +61,15 @@ class ServerProcess:
                 pass
             time.sleep(0.05)
         raise AssertionError("server did not become ready")
+
+    def peak_rss(self) -> int:
+        """The most memory (bytes) the process has held so far (``VmHWM``)."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM in /proc/<pid>/status")
 
     def kill(self) -> None:
         """SIGKILL: nothing is flushed, nothing is closed."""

@@ -133,6 +133,8 @@ def test_bad_options_are_refused(bad: list[str]) -> None:
         (["--workers", "2", "--storage", "memory"], "with 'memory' storage"),
         (["--workers", "0"], "--workers must be >= 1"),
         (["--storage", "postgres"], "needs postgres_url"),
+        (["--storage", "memory", "--host", "0.0.0.0"], "without an API key"),
+        (["--api-key-file", "/nonexistent/key"], "--api-key-file /nonexistent/key"),
     ],
 )
 def test_options_that_cannot_work_are_refused_with_the_reason(
@@ -144,6 +146,27 @@ def test_options_that_cannot_work_are_refused_with_the_reason(
     )
     assert proc.returncode == 2
     assert says in proc.stderr
+
+
+def test_an_exposed_server_needs_a_key_or_allow_anonymous(tmp_path: Path) -> None:
+    """Open only on loopback: with a key file, or ``--allow-anonymous``, 0.0.0.0 serves."""
+    key_file = tmp_path / "admin.key"
+    key_file.write_text("s3cret-admin-key\n")
+    for extra in (["--api-key-file", str(key_file)], ["--allow-anonymous"]):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        args = ["--storage", "memory", "--host", "0.0.0.0", "--port", str(port), *extra]
+        proc = serve(*args, "--log-level", "debug", cwd=tmp_path)
+        try:
+            wait_healthy(url, proc, timeout=20)
+            libraries = httpx.get(f"{url}/v1/libraries")
+            assert libraries.status_code == (401 if "--api-key-file" in extra else 200)
+            keyed = httpx.get(f"{url}/v1/libraries", headers={"Authorization": "Bearer nope"})
+            assert keyed.status_code == (401 if "--api-key-file" in extra else 200)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            log, _ = proc.communicate(timeout=20)
+        assert "s3cret-admin-key" not in log  # the key never appears in the log
 
 
 def test_an_unreachable_database_fails_start_with_the_reason(tmp_path: Path) -> None:

@@ -448,3 +448,30 @@ def test_a_retried_write_answers_as_the_first_on_any_server(cluster) -> None:  #
             answers.append(answer)
     assert answers[0]["success"], answers[0]
     assert answers[1] == answers[0]
+
+
+def test_keys_are_shared_and_a_revocation_closes_streams_on_every_server(cluster) -> None:  # type: ignore[no-untyped-def]
+    admin_key = "admin-" + uuid.uuid4().hex
+    a, b = cluster(api_key=admin_key), cluster(api_key=admin_key)
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    with a.http() as http:
+        body = {"name": "shared", "dimension": DIM, "index": "flat"}
+        library_id = http.post("/v1/libraries", json=body, headers=admin).json()["id"]
+        made = http.post(
+            "/v1/keys",
+            json={"name": "k", "libraries": [library_id], "access": "read"},
+            headers=admin,
+        ).json()
+    key = {"Authorization": f"Bearer {made['key']}"}
+    with b.http() as http:  # made on a, known to b at once
+        assert http.get(f"/v1/libraries/{library_id}", headers=key).status_code == 200
+        with connect_sse(http, "GET", f"/v1/libraries/{library_id}/events", headers=key) as source:
+            assert source.response.status_code == 200
+            started = time.monotonic()
+            with a.http() as other:
+                assert other.delete(f"/v1/keys/{made['id']}", headers=admin).status_code == 204
+            events = [json.loads(e.data) for e in source.iter_sse() if e.data]
+            took = time.monotonic() - started
+        assert events[-1]["type"] == "stream.closed"
+        assert took < 1.0, f"the stream on the other server was closed after {took:.2f} s"
+        assert http.get(f"/v1/libraries/{library_id}", headers=key).status_code == 401

@@ -144,7 +144,9 @@ def test_no_acknowledged_write_is_lost_across_kill_9(tmp_path: Path) -> None:
                     "title": f"marker-{trial}",
                     "chunks": [{"text": "m", "embedding": _vector("m")}],
                 },
-            ).json()
+            )
+            assert marker.status_code == 201, marker.text
+            marker = marker.json()
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not any(
                 e["data"].get("document_id") == marker["id"] for e in missed

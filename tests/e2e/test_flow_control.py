@@ -145,7 +145,7 @@ async def test_a_stalled_sse_client_is_cut_and_the_others_read_on(make_server: A
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", live.port))
-        sock.sendall(f"GET /v1/libraries/{lib}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.sendall(f"GET /v1/libraries/{lib}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         await wait_until(lambda: len(live.runtime.streams) == 1)
         count = 200
         title = "t" * 16_000  # ~16 kB an event: 3 MB in all

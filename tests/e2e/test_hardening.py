@@ -6,6 +6,9 @@ alone."""
 from __future__ import annotations
 
 import json
+import socket
+import struct
+import time
 from typing import Any
 
 import httpx
@@ -14,6 +17,7 @@ import websockets.sync.client as ws_client
 
 from arrwdb.domain.errors import InvalidArgumentError, LimitExceededError
 from arrwdb.domain.limits import FILTER_DEPTH
+from arrwdb.server import BackgroundServer
 from conftest import create_library
 
 DEEP_JSON = "[" * 5000 + "]" * 5000
@@ -165,3 +169,31 @@ def test_a_document_id_a_url_cannot_carry_is_refused(http: httpx.Client, bad: st
     )
     assert response.status_code == 422
     assert (response.json()["code"], response.json()["field"]) == ("invalid_argument", "id")
+
+
+def test_sse_requests_reset_before_the_stream_starts_leave_nothing_behind(
+    server: BackgroundServer, library: dict[str, Any]
+) -> None:
+    """Clients that ask for a stream and reset the connection at once: every subscription
+    made for them is let go, and the statistics count SSE streams."""
+    before = len(server.runtime.streams)
+    request = (
+        f"GET /v1/libraries/{library['id']}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    ).encode()
+    for _ in range(300):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(request)
+        sock.close()  # RST at once
+    deadline = time.monotonic() + 10
+    while len(server.runtime.streams) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(server.runtime.streams) == before
+    with httpx.Client(base_url=server.url) as http:
+        stats = http.get("/v1/websockets/stats").json()
+        assert stats["sse_streams"] == before
+        with http.stream("GET", f"/v1/libraries/{library['id']}/events") as stream:
+            assert stream.status_code == 200
+            opened = http.get("/v1/websockets/stats").json()
+            assert opened["sse_streams"] == before + 1
+            assert opened["sse_streams_by_library"][library["id"]] >= 1

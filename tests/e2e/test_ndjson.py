@@ -82,7 +82,7 @@ class RawHTTP:
 
     async def start(self, path: str, content_type: str) -> None:
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
             "Transfer-Encoding: chunked\r\n\r\n"
         )
         await self._stream.send(head.encode())

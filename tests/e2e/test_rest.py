@@ -125,8 +125,16 @@ def test_library_errors(http: httpx.Client) -> None:
     assert_problem(http.post("/v1/libraries", json={"name": "  "}), 422, "invalid_argument")
     missing = assert_problem(http.post("/v1/libraries", json={}), 422, "invalid_argument")
     assert missing["field"] == "name"
-    assert_problem(http.post("/v1/libraries", content=b"{not json"), 400, "bad_request")
+    as_json = {"content-type": "application/json"}
+    assert_problem(
+        http.post("/v1/libraries", content=b"{not json", headers=as_json), 400, "bad_request"
+    )
     assert_problem(http.post("/v1/libraries", content=b""), 400, "bad_request")
+    # no content type: a page on another site could send that without a CORS preflight
+    untyped = assert_problem(
+        http.post("/v1/libraries", content=b'{"name": "x"}'), 415, "unsupported_media_type"
+    )
+    assert untyped["field"] == "Content-Type"
     assert_problem(
         http.post(
             "/v1/libraries", content=b'{"name": "x"}', headers={"content-type": "text/plain"}

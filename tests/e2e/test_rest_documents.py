@@ -215,7 +215,11 @@ def test_vector_search_and_search_errors(http: httpx.Client) -> None:
     )
     assert_problem(http.post(url, json={"query_vector": [1.0, 2.0]}), 422, "dimension_mismatch")
     assert_problem(http.post(url, json={"k": 3}), 422, "invalid_argument")
-    assert_problem(http.post(url, content=b"[1,2"), 400, "bad_request")
+    assert_problem(
+        http.post(url, content=b"[1,2", headers={"content-type": "application/json"}),
+        400,
+        "bad_request",
+    )
     assert_problem(
         http.post("/v1/libraries/nope/search", json={"query_text": "x"}), 404, "not_found"
     )

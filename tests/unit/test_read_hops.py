@@ -1,12 +1,15 @@
 """The dispatcher's shared read hops: batched reads answer exactly as single ones, errors
 stay with their own request, and cancelled callers leave no trace."""
 
+from functools import partial
+
 import anyio
 import anyio.lowlevel
 import numpy as np
 import pytest
 
 import arrwdb
+from arrwdb.domain.access import ANYONE
 from arrwdb.domain.errors import ArrwdbError
 from arrwdb.transports.dispatch import ACTIONS, Dispatcher, WriteGate
 from arrwdb.transports.messages import SearchIn
@@ -45,7 +48,7 @@ def test_concurrent_reads_match_single(index):
                     "ok",
                     [
                         (h.chunk_id, h.score)
-                        for h in ACTIONS["search"].perform(service, lib.id, r).results
+                        for h in ACTIONS["search"].perform(service, lib.id, r, ANYONE).results
                     ],
                 )
             )
@@ -55,7 +58,7 @@ def test_concurrent_reads_match_single(index):
 
     async def one(i):
         try:
-            out = await d.execute("search", lib.id, reqs[i])
+            out = await d.execute("search", lib.id, reqs[i], caller=ANYONE)
             got[i] = ("ok", [(h.chunk_id, h.score) for h in out.results])
         except ArrwdbError as e:
             got[i] = ("err", e.code, e.message)
@@ -65,8 +68,8 @@ def test_concurrent_reads_match_single(index):
             for i in range(len(reqs)):
                 tg.start_soon(one, i)
                 if i % 10 == 0:
-                    tg.start_soon(d.execute, "get_library", lib.id)
-                    tg.start_soon(d.execute, "ready", None)
+                    tg.start_soon(partial(d.execute, "get_library", lib.id, caller=ANYONE))
+                    tg.start_soon(partial(d.execute, "ready", None, caller=ANYONE))
 
     anyio.run(main)
     assert got == expected
@@ -89,14 +92,14 @@ def test_cancelled_waiters_leave_no_trace():
 
                 async def run(scope=scope):
                     with scope:
-                        results.append(await d.execute("search", lib.id, q))
+                        results.append(await d.execute("search", lib.id, q, caller=ANYONE))
 
                 tg.start_soon(run)
             await anyio.lowlevel.checkpoint()
             for s in scopes[::3]:
                 s.cancel()
         # and the dispatcher still works
-        out = await d.execute("search", lib.id, q)
+        out = await d.execute("search", lib.id, q, caller=ANYONE)
         assert len(out.results) == 3
 
     anyio.run(main)
@@ -114,7 +117,7 @@ def test_unknown_library():
 
         async def one():
             try:
-                await d.execute("search", "nope", q)
+                await d.execute("search", "nope", q, caller=ANYONE)
             except ArrwdbError as e:
                 outs.append(e.code)
 
@@ -144,12 +147,12 @@ def test_clean_batch_uses_search_many(index, monkeypatch):
         SearchIn(query_vector=q.tolist(), k=4, include_embedding=(i % 5 == 0))
         for i, q in enumerate(qs)
     ]
-    expected = [ACTIONS["search"].perform(service, lib.id, r) for r in reqs]
+    expected = [ACTIONS["search"].perform(service, lib.id, r, ANYONE) for r in reqs]
     calls.clear()
     got = [None] * len(reqs)
 
     async def one(i):
-        got[i] = await d.execute("search", lib.id, reqs[i])
+        got[i] = await d.execute("search", lib.id, reqs[i], caller=ANYONE)
 
     async def main():
         async with anyio.create_task_group() as tg:
@@ -208,7 +211,7 @@ def test_cancelled_leader_hands_its_batch_on(monkeypatch):
         scope = anyio.CancelScope()
         scopes[name] = (scope, req)
         with scope:
-            outcomes[name] = await d.execute("search", lib.id, req)
+            outcomes[name] = await d.execute("search", lib.id, req, caller=ANYONE)
         if scope.cancelled_caught:
             outcomes[name] = "cancelled"
 

@@ -56,7 +56,8 @@ class FakeConnection:
 
 def test_stats_have_the_seed_shape() -> None:
     registry = ConnectionRegistry()
-    assert registry.stats().__struct_fields__ == (
+    # the protocol's fields first, then the extensions (SSE streams)
+    assert registry.stats().__struct_fields__[:3] == (
         "total_connections",
         "libraries_with_subscribers",
         "subscriptions_by_library",
@@ -70,6 +71,8 @@ def test_stats_have_the_seed_shape() -> None:
     assert stats.subscriptions_by_library == {"a": 2, "b": 1}
     registry.remove(FakeConnection("3", "b"))
     assert registry.stats().subscriptions_by_library == {"a": 2}
+    only_b = registry.stats(lambda library_id: library_id == "c")  # what a key may read
+    assert (only_b.total_connections, only_b.subscriptions_by_library) == (1, {})
 
 
 @pytest.mark.anyio

@@ -21,6 +21,9 @@ in-process exceptions; transports map the classes below to statuses in one table
     ├── SubscriptionClosedError      subscription_closed  a change stream was closed
     │   └── SlowConsumerError        slow_consumer        its unread events are gone; resume
     ├── HistoryLostError             history_lost         changes after an id are no longer kept
+    ├── UnauthorizedError            unauthorized         no key, or an unknown or revoked one
+    ├── ForbiddenError               forbidden            the key does not give that access
+    ├── RateLimitedError             rate_limited         too many requests: retry after a while
     ├── LaggingError                 lagging              a read's min_event_id is not applied yet
     ├── StorageError                 storage_error        the store cannot complete a write
     └── InternalError                internal_error       a bug; details are logged, never sent
@@ -160,6 +163,28 @@ class IdempotencyMismatchError(ValidationError):
             f"the idempotency key {key[:80]!r} was used with a different request",
             field="Idempotency-Key",
         )
+
+
+class UnauthorizedError(ArrwdbError):
+    """The server needs an API key and the request has none, or an unknown or revoked one."""
+
+    code = "unauthorized"
+
+
+class ForbiddenError(ArrwdbError):
+    """The request's API key does not give the access the request needs."""
+
+    code = "forbidden"
+
+
+class RateLimitedError(ArrwdbError):
+    """More requests than the limit allows; ``retry_after`` seconds until one is let in."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, limit: str) -> None:
+        super().__init__(message, limit=limit)
+        self.retry_after = retry_after
 
 
 class LaggingError(ArrwdbError):

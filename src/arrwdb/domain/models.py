@@ -159,3 +159,18 @@ class Page:
 
     items: list[Document]
     next_cursor: str | None
+
+
+AccessLevel = Literal["read", "write"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as kept: its secret only as a SHA-256 digest."""
+
+    id: str
+    name: str
+    libraries: tuple[str, ...]
+    access: AccessLevel
+    created_at: datetime
+    digest: str

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from arrwdb.domain.changes import Batch, Change, Receipt, WriteKey
 from arrwdb.domain.events import Event, StartPoint
-from arrwdb.domain.models import Document, IndexParams, Library, Matrix, Metric, Page
+from arrwdb.domain.models import ApiKey, Document, IndexParams, Library, Matrix, Metric, Page
 
 Labels = npt.NDArray[np.int64]
 Scores = npt.NDArray[np.float32]
@@ -304,6 +304,49 @@ class Store(ChangeLog, Repository, Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One number an adapter reports about itself (for ``/metrics``): a ``gauge``, a
+    ``counter`` or a ``histogram`` (``buckets``: cumulative counts per upper bound, and
+    ``value``: the sum of what was observed)."""
+
+    name: str
+    help: str
+    kind: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+    buckets: tuple[tuple[float, int], ...] = ()
+
+
+@runtime_checkable
+class Measured(Protocol):
+    """An adapter that reports measurements of itself."""
+
+    def measurements(self) -> list[Measurement]: ...
+
+
+class KeyStore(Protocol):
+    """Where API keys are kept (as digests), beside the store: they survive restarts, and
+    servers sharing a store (``shared``) share them. Raises ``StorageError``."""
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may change the keys."""
+        ...
+
+    def load_keys(self) -> list[ApiKey]:
+        """Every key that is not revoked."""
+        ...
+
+    def save_key(self, key: ApiKey) -> None:
+        """Keep a new key (durably, before it returns)."""
+        ...
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Forget a key; False if there is no such key."""
+        ...
 
 
 @runtime_checkable

@@ -70,6 +70,8 @@ from arrwdb.domain.ports import (
     EventHub,
     IndexFactory,
     IndexStore,
+    Measured,
+    Measurement,
     SharedLog,
     Store,
     Subscription,
@@ -509,3 +511,29 @@ class VectorDBService:
     def last_event_id(self) -> int:
         """The position of the last change applied here (the id of the last event)."""
         return self._projection.applied
+
+    def measurements(self) -> list[Measurement]:
+        """What ``/metrics`` shows of the core: the last event applied, the vectors in each
+        library's index, and what the store measures of itself (``Measured``)."""
+        out = [
+            Measurement(
+                "arrwdb_events_applied",
+                "Position of the last change applied here (the id of the last event).",
+                "counter",
+                self._projection.applied,
+            )
+        ]
+        for library in self._projection.libraries():
+            index = self._projection.state(library.id).index
+            out.append(
+                Measurement(
+                    "arrwdb_index_vectors",
+                    "Vectors in a library's index.",
+                    "gauge",
+                    0 if index is None else len(index),
+                    labels=(("library_id", library.id),),
+                )
+            )
+        if isinstance(self._store, Measured):
+            out.extend(self._store.measurements())
+        return out

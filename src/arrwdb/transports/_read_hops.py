@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from arrwdb.domain.access import Caller
 from arrwdb.domain.service import VectorDBService
 from arrwdb.transports.convert import search_out, search_query
 
@@ -29,6 +30,7 @@ class Read:
 
     __slots__ = (
         "action",
+        "caller",
         "done",
         "error",
         "lead",
@@ -45,9 +47,11 @@ class Read:
         service: VectorDBService,
         library_id: str | None,
         request: Any,
+        caller: Caller,
         then: Callable[[Any], Any] | None,
     ) -> None:
         self.action = action
+        self.caller = caller
         self.service = service
         self.library_id = library_id
         self.request = request
@@ -59,7 +63,9 @@ class Read:
 
     def run(self) -> None:  # in the worker thread
         try:
-            self.finish(self.action.perform(self.service, self.library_id, self.request))
+            self.finish(
+                self.action.perform(self.service, self.library_id, self.request, self.caller)
+            )
         except Exception as exc:  # raised to its own caller only
             self.error = exc
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 
+from arrwdb.domain.access import Caller, Need
 from arrwdb.domain.changes import WriteKey
 from arrwdb.domain.errors import InvalidArgumentError
 from arrwdb.domain.events import parse_event_id
@@ -130,9 +131,24 @@ class Action:
     call: Callable[[VectorDBService, str | None, Any], Any]
     build: Callable[[Any], Any]
     write: bool = False
+    #: what the caller's key must give (``access.Need``); a write defaults to ``WRITE``
+    need: Need | None = None
+    #: leaves out of the result what the caller may not see (lists)
+    narrow: Callable[[Caller, Any], Any] | None = None
 
-    def perform(self, service: VectorDBService, library_id: str | None, request: Any) -> Any:
-        return self.build(self.call(service, library_id, request))
+    @property
+    def needs(self) -> Need:
+        if self.need is not None:
+            return self.need
+        return Need.WRITE if self.write else Need.READ
+
+    def perform(
+        self, service: VectorDBService, library_id: str | None, request: Any, caller: Caller
+    ) -> Any:
+        result = self.call(service, library_id, request)
+        if self.narrow is not None:
+            result = self.narrow(caller, result)
+        return self.build(result)
 
 
 def _same(x: Any) -> Any:
@@ -142,12 +158,21 @@ def _same(x: Any) -> Any:
 ACTIONS: dict[str, Action] = {
     a.name: a
     for a in (
-        Action("create_library", LibraryCreate, _create_library, library_out, write=True),
+        Action(
+            "create_library",
+            LibraryCreate,
+            _create_library,
+            library_out,
+            write=True,
+            need=Need.MANAGE,
+        ),
         Action(
             "list_libraries",
             None,
             lambda s, _, __: s.list_libraries(),
             lambda libs: LibraryList(libraries=[library_out(x) for x in libs]),
+            need=Need.ANY,
+            narrow=lambda caller, libs: [x for x in libs if caller.may_read(x.id)],
         ),
         Action("get_library", None, lambda s, lib, _: s.get_library(_lib(lib)), library_out),
         Action("update_library", LibraryUpdate, _update_library, library_out, write=True),
@@ -157,6 +182,7 @@ ACTIONS: dict[str, Action] = {
             lambda s, lib, _: s.delete_library(_lib(lib)),
             _same,
             write=True,
+            need=Need.MANAGE,
         ),
         Action("add", DocumentsIn, _add, _add_out, write=True),
         Action(
@@ -189,7 +215,7 @@ ACTIONS: dict[str, Action] = {
             lambda s, lib, r: s.search(_lib(lib), search_query(r)),
             search_out,
         ),
-        Action("ready", None, lambda s, _, __: s.check_ready(), _same),
+        Action("ready", None, lambda s, _, __: s.check_ready(), _same, need=Need.ANY),
     )
 }
 
@@ -260,6 +286,7 @@ class Dispatcher:
         library_id: str | None,
         request: Any = None,
         *,
+        caller: Caller,
         then: Callable[[Any], Any] | None = None,
         min_event_id: object = None,
     ) -> Any:
@@ -267,19 +294,25 @@ class Dispatcher:
         ``then`` (e.g. encoding the response) is applied to the response Struct in the worker
         thread, off the event loop, and its result is returned instead. A read waits first
         until the event ``min_event_id`` (the argument, or the request's field) is applied
-        here (``LaggingError`` after the consistency timeout)."""
+        here (``LaggingError`` after the consistency timeout). ``ForbiddenError`` if the
+        ``caller`` may not do it."""
         action = ACTIONS[name]
         if action.write:
             written = await self.write(
-                name, library_id, request, then=None if then is None else lambda r, _: then(r)
+                name,
+                library_id,
+                request,
+                caller=caller,
+                then=None if then is None else lambda r, _: then(r),
             )
             return written.result
+        caller.require(action.needs, library_id)
         service = self._service()
         wanted = min_event_id if min_event_id is not None else _min_event_id(request)
         if wanted is not None:
             position = parse_event_id(wanted, "min_event_id")
             await service.await_applied(position, self._consistency_timeout)
-        return await self._read(Read(action, service, library_id, request, then))
+        return await self._read(Read(action, service, library_id, request, caller, then))
 
     async def write(
         self,
@@ -287,6 +320,7 @@ class Dispatcher:
         library_id: str | None,
         request: Any = None,
         *,
+        caller: Caller,
         then: Callable[[Any, str], Any] | None = None,
         idempotency_key: str | None = None,
     ) -> Written:
@@ -296,6 +330,7 @@ class Dispatcher:
         the key with another request is ``IdempotencyMismatchError``."""
         action = ACTIONS[name]
         assert action.write, f"{name} is not a write"
+        caller.require(action.needs, library_id)
         service = self._service()
         key = (
             None
@@ -305,7 +340,7 @@ class Dispatcher:
 
         def run() -> Written:
             with service.idempotent(key):
-                response = action.perform(service, library_id, request)
+                response = action.perform(service, library_id, request, caller)
             event_id = _event_id(service)
             return Written(response if then is None else then(response, event_id), event_id)
 
@@ -329,21 +364,40 @@ class Dispatcher:
                 del self._reads[key]
 
     async def execute_each(
-        self, name: str, library_id: str | None, requests: Sequence[Any]
+        self,
+        name: str,
+        library_id: str | None,
+        requests: Sequence[Any],
+        *,
+        caller: Caller,
+        then: Callable[[int, Any], bytes] | None = None,
+        budget: int | None = None,
     ) -> list[Any]:
         """Run one action per request in a single worker-thread hop; each item of the result
-        is the response Struct (a write's: ``Written``) or the exception that request raised."""
+        is the response Struct (a write's: ``Written``), or ``then(i, response)`` (encoded
+        there), or the exception that request raised. With a ``budget``, the hop stops once
+        the encoded answers reach that many bytes: the result is then shorter than
+        ``requests`` (at least one). ``ForbiddenError`` if the ``caller`` may not do it."""
         action = ACTIONS[name]
+        caller.require(action.needs, library_id)
         service = self._service()
 
         def run_all() -> list[Any]:
             out: list[Any] = []
-            for request in requests:
+            size = 0
+            for i, request in enumerate(requests):
                 try:
-                    response = action.perform(service, library_id, request)
-                    out.append(Written(response, _event_id(service)) if action.write else response)
+                    response = action.perform(service, library_id, request, caller)
+                    if action.write:
+                        response = Written(response, _event_id(service))
+                    if then is not None:
+                        response = then(i, response)
+                        size += len(response)
+                    out.append(response)
                 except Exception as exc:  # reported per item by the caller
                     out.append(exc)
+                if budget is not None and size >= budget:
+                    break
             return out
 
         if not action.write:

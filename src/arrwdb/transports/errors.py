@@ -22,6 +22,9 @@ responses, NDJSON error lines.
     SubscriptionClosedError               503  subscription_closed / slow_consumer
     domain HistoryLostError               410  history_lost
     domain LaggingError                   503  lagging        (``Retry-After: 1``)
+    domain UnauthorizedError              401  unauthorized   (``WWW-Authenticate: Bearer``)
+    domain ForbiddenError                 403  forbidden
+    domain RateLimitedError               429  rate_limited   (``Retry-After``)
     anything else                         500  internal_error   (logged with its traceback;
                                                the client gets an opaque message, never str(exc))
 
@@ -32,6 +35,7 @@ parameter) are answered in the same problem format.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -43,13 +47,16 @@ from litestar.exceptions import HTTPException, ValidationException
 from arrwdb.domain.errors import (
     AlreadyExistsError,
     ArrwdbError,
+    ForbiddenError,
     HistoryLostError,
     InternalError,
     InvalidArgumentError,
     LaggingError,
     NotFoundError,
+    RateLimitedError,
     StorageError,
     SubscriptionClosedError,
+    UnauthorizedError,
     ValidationError,
 )
 from arrwdb.transports.envelopes import domain_error
@@ -100,6 +107,8 @@ class Fault:
     code: str
     message: str
     field: str | None = None
+    #: seconds to wait before retrying (``Retry-After``), when it helps
+    retry_after: float | None = None
 
     def problem(self) -> Problem:
         return Problem(
@@ -121,6 +130,9 @@ _DOMAIN_STATUS: tuple[tuple[type[ArrwdbError], int], ...] = (
     (SubscriptionClosedError, 503),
     (HistoryLostError, 410),
     (LaggingError, 503),
+    (UnauthorizedError, 401),
+    (ForbiddenError, 403),
+    (RateLimitedError, 429),
 )
 
 #: Where a request's parameters are (Litestar's ``ParamType`` values): not the body.
@@ -200,6 +212,10 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         headers = dict(exc.headers)
     elif isinstance(exc, LaggingError):
         headers = {"Retry-After": "1"}
+    elif isinstance(exc, UnauthorizedError):
+        headers = {"WWW-Authenticate": 'Bearer realm="arrwdb"'}
+    elif isinstance(exc, RateLimitedError):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     return problem_response(fault, headers)
 
 

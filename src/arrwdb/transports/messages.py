@@ -259,12 +259,39 @@ class BackupOut(Struct, kw_only=True):
     created_at: str
 
 
+class KeyIn(Struct, kw_only=True):
+    """``POST /v1/keys``: a key giving ``access`` to ``libraries`` (ids, or ``["*"]``)."""
+
+    name: str
+    libraries: list[str]
+    access: Literal["read", "write"]
+
+
+class KeyOut(Struct, kw_only=True, omit_defaults=True):
+    """An API key; ``key`` (the secret) only in the answer that made it."""
+
+    id: str
+    name: str
+    libraries: list[str]
+    access: str
+    created_at: str
+    key: str | None = None
+
+
+class KeyList(Struct, kw_only=True):
+    keys: list[KeyOut]
+
+
 class WebSocketStats(Struct, kw_only=True):
     """``GET /v1/websockets/stats``, in the WebSocket protocol's exact shape."""
 
     total_connections: int
     libraries_with_subscribers: int
     subscriptions_by_library: dict[str, int]
+    #: extensions: the open Server-Sent Events streams, in all and per library (``*``: the
+    #: stream of every library)
+    sse_streams: int = 0
+    sse_streams_by_library: dict[str, int] = {}
 
 
 class Problem(Struct, kw_only=True, omit_defaults=True):
@@ -304,6 +331,9 @@ WIRE_TYPES: tuple[type[Struct], ...] = (
     Readiness,
     BackupIn,
     BackupOut,
+    KeyIn,
+    KeyOut,
+    KeyList,
     WebSocketStats,
     Problem,
 )

@@ -19,10 +19,12 @@ from litestar.datastructures import ResponseHeader
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Response
 
+from arrwdb.domain.access import Caller, Need
 from arrwdb.domain.errors import AlreadyExistsError, InvalidArgumentError
 from arrwdb.domain.limits import PAGE_LIMIT
 from arrwdb.transports._body import WireBody
 from arrwdb.transports.errors import ShuttingDown, classify, problem_response
+from arrwdb.transports.guard import CallerDep
 from arrwdb.transports.messages import (
     BackupIn,
     BackupOut,
@@ -102,36 +104,48 @@ async def _write(
     data: Any = None,
     status: int = 200,
     key: str | None = None,
+    *,
+    caller: Caller,
 ) -> Response[Any]:
     """A write action's response, with the id of its last event in ``Arrwdb-Event-Id``."""
-    written = await runtime.dispatcher.write(name, library_id, data, idempotency_key=key)
+    written = await runtime.dispatcher.write(
+        name, library_id, data, caller=caller, idempotency_key=key
+    )
     content = None if status == 204 else written.result
     return Response(content, status_code=status, headers={EVENT_ID_HEADER: written.event_id})
 
 
 @post("/v1/libraries", status_code=201, tags=["libraries"], response_headers=_EVENT_ID)
 async def create_library(
-    runtime: RuntimeDep, data: JSONBody[LibraryCreate], idempotency_key: _Key = None
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    data: JSONBody[LibraryCreate],
+    idempotency_key: _Key = None,
 ) -> Response[LibraryOut]:
     """Create a library (201). A taken name is a 409."""
-    return await _write(runtime, "create_library", None, data, 201, idempotency_key)
+    return await _write(runtime, "create_library", None, data, 201, idempotency_key, caller=caller)
 
 
 @get("/v1/libraries", tags=["libraries"])
-async def list_libraries(runtime: RuntimeDep, min_event_id: _MinEventId = None) -> LibraryList:
+async def list_libraries(
+    runtime: RuntimeDep, caller: CallerDep, min_event_id: _MinEventId = None
+) -> LibraryList:
     """Every library, in creation order."""
     out: LibraryList = await runtime.dispatcher.execute(
-        "list_libraries", None, min_event_id=min_event_id
+        "list_libraries", None, caller=caller, min_event_id=min_event_id
     )
     return out
 
 
 @get(LIBRARY, tags=["libraries"])
 async def get_library(
-    runtime: RuntimeDep, library_id: FromPath[str], min_event_id: _MinEventId = None
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    library_id: FromPath[str],
+    min_event_id: _MinEventId = None,
 ) -> LibraryOut:
     out: LibraryOut = await runtime.dispatcher.execute(
-        "get_library", library_id, min_event_id=min_event_id
+        "get_library", library_id, caller=caller, min_event_id=min_event_id
     )
     return out
 
@@ -139,20 +153,25 @@ async def get_library(
 @patch(LIBRARY, tags=["libraries"], response_headers=_EVENT_ID)
 async def update_library(
     runtime: RuntimeDep,
+    caller: CallerDep,
     library_id: FromPath[str],
     data: JSONBody[LibraryUpdate],
     idempotency_key: _Key = None,
 ) -> Response[LibraryOut]:
     """Change the name, description or metadata; fields left out stay as they are."""
-    return await _write(runtime, "update_library", library_id, data, key=idempotency_key)
+    return await _write(
+        runtime, "update_library", library_id, data, key=idempotency_key, caller=caller
+    )
 
 
 @delete(LIBRARY, status_code=204, tags=["libraries"], response_headers=_EVENT_ID)
 async def delete_library(
-    runtime: RuntimeDep, library_id: FromPath[str], idempotency_key: _Key = None
+    runtime: RuntimeDep, caller: CallerDep, library_id: FromPath[str], idempotency_key: _Key = None
 ) -> Response[None]:
     """Delete a library with all of its documents (204)."""
-    return await _write(runtime, "delete_library", library_id, status=204, key=idempotency_key)
+    return await _write(
+        runtime, "delete_library", library_id, status=204, key=idempotency_key, caller=caller
+    )
 
 
 # -- documents ------------------------------------------------------------------------------
@@ -161,17 +180,19 @@ async def delete_library(
 @post(LIBRARY + "/documents", status_code=201, tags=["documents"], response_headers=_EVENT_ID)
 async def add_documents(
     runtime: RuntimeDep,
+    caller: CallerDep,
     library_id: FromPath[str],
     data: JSONBody[DocumentsIn],
     idempotency_key: _Key = None,
 ) -> Response[DocumentOut | list[DocumentOut]]:
     """Add a document (``text`` or ``chunks``), or a list of them in one commit (201)."""
-    return await _write(runtime, "add", library_id, data, 201, idempotency_key)
+    return await _write(runtime, "add", library_id, data, 201, idempotency_key, caller=caller)
 
 
 @get(LIBRARY + "/documents", tags=["documents"])
 async def list_documents(
     runtime: RuntimeDep,
+    caller: CallerDep,
     library_id: FromPath[str],
     limit: Annotated[int, _PAGE_LIMIT] = 100,
     cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of a page.")] = None,
@@ -182,6 +203,7 @@ async def list_documents(
         "list_documents",
         library_id,
         DocumentList(limit=limit, cursor=cursor),
+        caller=caller,
         min_event_id=min_event_id,
     )
     return out
@@ -190,6 +212,7 @@ async def list_documents(
 @get(DOCUMENT, tags=["documents"])
 async def get_document(
     runtime: RuntimeDep,
+    caller: CallerDep,
     library_id: FromPath[str],
     document_id: FromPath[str],
     include_embedding: Annotated[bool, QueryParameter(description="With embeddings.")] = False,
@@ -199,13 +222,14 @@ async def get_document(
     request = DocumentGet(
         document_id=document_id, include_embedding=include_embedding, min_event_id=min_event_id
     )
-    out: DocumentOut = await runtime.dispatcher.execute("get", library_id, request)
+    out: DocumentOut = await runtime.dispatcher.execute("get", library_id, request, caller=caller)
     return out
 
 
 @patch(DOCUMENT, tags=["documents"], response_headers=_EVENT_ID)
 async def update_document(
     runtime: RuntimeDep,
+    caller: CallerDep,
     library_id: FromPath[str],
     document_id: FromPath[str],
     data: JSONBody[DocumentPatch],
@@ -213,18 +237,21 @@ async def update_document(
 ) -> Response[DocumentOut]:
     """Change title/metadata, or replace the content with ``text`` or ``chunks``."""
     request = DocumentUpdate(document_id=document_id, patch=data)
-    return await _write(runtime, "update_document", library_id, request, key=idempotency_key)
+    return await _write(
+        runtime, "update_document", library_id, request, key=idempotency_key, caller=caller
+    )
 
 
 @delete(DOCUMENT, status_code=204, tags=["documents"], response_headers=_EVENT_ID)
 async def delete_document(
     runtime: RuntimeDep,
+    caller: CallerDep,
     library_id: FromPath[str],
     document_id: FromPath[str],
     idempotency_key: _Key = None,
 ) -> Response[None]:
     request = DocumentId(document_id=document_id)
-    return await _write(runtime, "delete", library_id, request, 204, idempotency_key)
+    return await _write(runtime, "delete", library_id, request, 204, idempotency_key, caller=caller)
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -232,10 +259,10 @@ async def delete_document(
 
 @post(LIBRARY + "/search", status_code=200, tags=["search"])
 async def search(
-    runtime: RuntimeDep, library_id: FromPath[str], data: JSONBody[SearchIn]
+    runtime: RuntimeDep, caller: CallerDep, library_id: FromPath[str], data: JSONBody[SearchIn]
 ) -> SearchOut:
     """The ``k`` best chunks (matching ``filter``), best first."""
-    out: SearchOut = await runtime.dispatcher.execute("search", library_id, data)
+    out: SearchOut = await runtime.dispatcher.execute("search", library_id, data, caller=caller)
     return out
 
 
@@ -253,10 +280,13 @@ def backup_dir(runtime: RuntimeDep) -> Path | None:
 
 
 @post("/v1/backups", status_code=201, tags=["backups"])
-async def create_backup(runtime: RuntimeDep, data: JSONBody[BackupIn]) -> BackupOut:
+async def create_backup(
+    runtime: RuntimeDep, caller: CallerDep, data: JSONBody[BackupIn]
+) -> BackupOut:
     """Write a consistent copy of the durable store into a new folder of the server's backup
     directory while it keeps serving (``arrwdb serve --data-dir <path>`` opens it). 422 for an
     in-memory store or a bad name, 409 for a name already used."""
+    caller.require(Need.ADMIN)
     now = datetime.now(UTC)
     name = data.name or now.strftime("backup-%Y%m%dT%H%M%S%fZ")
     if not _BACKUP_NAME.fullmatch(name):
@@ -293,11 +323,11 @@ async def health(runtime: RuntimeDep) -> Health:
 
 
 @get("/v1/health/ready", tags=["health"])
-async def ready(runtime: RuntimeDep) -> Readiness | Response[bytes]:
+async def ready(runtime: RuntimeDep, caller: CallerDep) -> Readiness | Response[bytes]:
     """Readiness: the adapters can serve (503 with problem details otherwise)."""
     if runtime.closing:
         return problem_response(classify(ShuttingDown("the server is shutting down")))
-    await runtime.dispatcher.execute("ready", None)
+    await runtime.dispatcher.execute("ready", None, caller=caller)
     return Readiness(status="ready")
 
 

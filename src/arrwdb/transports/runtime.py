@@ -20,6 +20,7 @@ import anyio
 from litestar.di import NamedDependency
 
 from arrwdb.config import Settings
+from arrwdb.domain.access import KeyRing
 from arrwdb.domain.errors import SubscriptionClosedError
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import format_timestamp
@@ -27,6 +28,7 @@ from arrwdb.domain.ports import Subscription
 from arrwdb.domain.service import VectorDBService
 from arrwdb.transports.dispatch import Dispatcher, WriteGate
 from arrwdb.transports.envelopes import EventEnvelope, WSEvent
+from arrwdb.transports.limits import RateLimiter, StreamCounter
 from arrwdb.transports.messages import WebSocketStats, encoder
 
 logger = logging.getLogger("arrwdb.transports")
@@ -322,13 +324,61 @@ class ConnectionRegistry:
     def all(self) -> list[Connection]:
         return list(self._connections.values())
 
-    def stats(self) -> WebSocketStats:
-        by_library = Counter(c.library_id for c in self._connections.values() if c.subscribed)
+    def stats(self, visible: Callable[[str], bool] | None = None) -> WebSocketStats:
+        """The statistics of the connections to libraries ``visible`` (default: all)."""
+        connections = [
+            c for c in self._connections.values() if visible is None or visible(c.library_id)
+        ]
+        by_library = Counter(c.library_id for c in connections if c.subscribed)
         return WebSocketStats(
-            total_connections=len(self._connections),
+            total_connections=len(connections),
             libraries_with_subscribers=len(by_library),
             subscriptions_by_library=dict(by_library),
         )
+
+
+class Counters:
+    """Plain counters the transports bump on their hot paths (read by ``/metrics``)."""
+
+    def __init__(self) -> None:
+        self.delivered: Counter[str] = Counter()
+        self.slow_consumers: Counter[str] = Counter()
+        self.rate_limited: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+
+    def families(self) -> list[tuple[str, str, str, dict[str, int]]]:
+        """(name, help, label, counts by label value) of each counter."""
+        return [
+            (
+                "arrwdb_events_delivered",
+                "Events sent to clients, by transport.",
+                "transport",
+                self.delivered,
+            ),
+            (
+                "arrwdb_slow_consumers_cut",
+                "Streams closed because their client did not read, by transport.",
+                "transport",
+                self.slow_consumers,
+            ),
+            (
+                "arrwdb_rate_limited",
+                "Requests and streams refused for a per-client limit, by transport.",
+                "transport",
+                self.rate_limited,
+            ),
+            (
+                "arrwdb_auth_refused",
+                "Requests refused by the guard (no or a bad key, a foreign origin or host).",
+                "code",
+                self.refused,
+            ),
+        ]
+
+
+#: How often a server sharing its store with others reads the API keys again (revocations
+#: made elsewhere close this server's streams within about this long).
+KEY_REFRESH_INTERVAL = 0.5
 
 
 class Runtime:
@@ -338,13 +388,24 @@ class Runtime:
         self.dispatcher = Dispatcher(
             lambda: self.service, self.gate, consistency_timeout=settings.consistency_timeout
         )
+        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+        self.open_streams = StreamCounter(settings.max_streams_per_client)
+        self.counters = Counters()
+        #: the Prometheus text of this app's metrics (set by the app factory)
+        self.metrics_exposition: Callable[[], bytes] | None = None
         self.frames = EventFrames()
         self.fanout = FanOut(self)
         self.connections = ConnectionRegistry()
-        self.streams: set[Subscription] = set()
+        #: the open SSE streams' subscriptions, and the library of each (None: every library)
+        self.streams: dict[Subscription, str | None] = {}
         self.closing = False
         self._service: VectorDBService | None = None
+        self._keys: KeyRing | None = None
         self._drained = False
+        #: key id -> what closes each stream and socket opened with it
+        self._closers: dict[str, dict[int, Callable[[], None]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refresher: asyncio.Task[None] | None = None
 
     @property
     def service(self) -> VectorDBService:
@@ -352,8 +413,74 @@ class Runtime:
             raise RuntimeError("the app has not started: its lifespan has not run")
         return self._service
 
-    def start(self, service: VectorDBService) -> None:
+    @property
+    def keys(self) -> KeyRing:
+        if self._keys is None:
+            raise RuntimeError("the app has not started: its lifespan has not run")
+        return self._keys
+
+    def start(self, service: VectorDBService, keys: KeyRing) -> None:
         self._service = service
+        self._keys = keys
+        self._loop = asyncio.get_running_loop()
+        keys.on_revoke(self._revoked)
+        if keys.enabled and keys.shared:
+            self._refresher = self._loop.create_task(self._refresh_keys(), name="arrwdb-keys")
+
+    def stats(self, visible: Callable[[str], bool] | None = None) -> WebSocketStats:
+        """``GET /v1/websockets/stats``: WebSocket connections and SSE streams (of the
+        libraries ``visible``, default all)."""
+        stats = self.connections.stats(visible)
+        by_library = Counter(
+            library_id or "*"
+            for library_id in self.streams.values()
+            if visible is None or library_id is None or visible(library_id)
+        )
+        stats.sse_streams = sum(by_library.values())
+        stats.sse_streams_by_library = dict(by_library)
+        return stats
+
+    def opened_with(self, key_id: str | None, close: Callable[[], None]) -> Callable[[], None]:
+        """Register ``close`` (called on the event loop) for a stream or socket opened with
+        ``key_id``, to be called when that key is revoked; returns what unregisters it."""
+        if key_id is None:
+            return _nothing
+        closers = self._closers.setdefault(key_id, {})
+        token = id(close)
+        closers[token] = close
+
+        def forget() -> None:
+            mine = self._closers.get(key_id)
+            if mine is not None:
+                mine.pop(token, None)
+                if not mine:
+                    del self._closers[key_id]
+
+        return forget
+
+    def _revoked(self, key_id: str) -> None:  # from any thread
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._close_streams_of, key_id)
+
+    def _close_streams_of(self, key_id: str) -> None:
+        closers = self._closers.pop(key_id, {})
+        if closers:
+            logger.info("API key %s revoked: closing %d stream(s)", key_id, len(closers))
+        for close in closers.values():
+            try:
+                close()
+            except Exception:
+                logger.exception("closing a stream of a revoked key failed")
+
+    async def _refresh_keys(self) -> None:
+        keys = self.keys
+        while not self.closing:
+            await anyio.sleep(KEY_REFRESH_INTERVAL)
+            try:
+                await anyio.to_thread.run_sync(keys.refresh)
+            except Exception as exc:  # the store is away: keep the keys known so far
+                logger.warning("reading the API keys failed: %s", exc)
 
     async def drain(self, timeout: float) -> None:
         """Begin a graceful shutdown (idempotent): see the module docstring."""
@@ -377,8 +504,14 @@ class Runtime:
                     tg.start_soon(conn.shutdown)
             await self.gate.wait_idle()
         self.fanout.close()
+        if self._refresher is not None:
+            self._refresher.cancel()
         if scope.cancelled_caught:
             logger.warning("drain timed out after %.1f s", timeout)
+
+
+def _nothing() -> None:
+    pass
 
 
 #: How handlers receive the runtime (``Provide``d by the app factory as ``runtime``).

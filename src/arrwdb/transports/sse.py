@@ -27,17 +27,19 @@ given up on, and a disconnect is noticed while waiting for events.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
-from litestar import Router, get
+from litestar import Request, Router, get
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from arrwdb.domain.errors import SlowConsumerError, SubscriptionClosedError
+from arrwdb.domain.access import Caller, Need
+from arrwdb.domain.errors import RateLimitedError, SlowConsumerError, SubscriptionClosedError
 from arrwdb.domain.events import STREAM_CLOSED, Event
 from arrwdb.domain.ports import Subscription
 from arrwdb.transports.errors import ShuttingDown
+from arrwdb.transports.guard import CallerDep, client_of
 from arrwdb.transports.messages import encoder
 from arrwdb.transports.runtime import Runtime, RuntimeDep, envelope, sse_message
 
@@ -65,45 +67,81 @@ LastEventId = Annotated[
     status_code=200,
 )
 async def library_events(
+    request: Request[Any, Any, Any],
     runtime: RuntimeDep,
+    caller: CallerDep,
     library_id: FromPath[str],
     since: Since = None,
     types: Types = None,
     last_event_id: LastEventId = None,
 ) -> ASGIApp:
     """Server-Sent Events: the change stream of one library (`text/event-stream`)."""
-    return _open(runtime, library_id, last_event_id or since, types)
+    return _open(
+        runtime, client_of(request.scope), caller, library_id, last_event_id or since, types
+    )
 
 
 @get("/v1/events", tags=["events"], media_type=EVENT_STREAM, status_code=200)
 async def all_events(
+    request: Request[Any, Any, Any],
     runtime: RuntimeDep,
+    caller: CallerDep,
     since: Since = None,
     types: Types = None,
     last_event_id: LastEventId = None,
 ) -> ASGIApp:
-    """Server-Sent Events: the change stream of every library (`text/event-stream`)."""
-    return _open(runtime, None, last_event_id or since, types)
+    """Server-Sent Events: the change stream of every library (`text/event-stream`); with
+    an API key, of the libraries it may read."""
+    return _open(runtime, client_of(request.scope), caller, None, last_event_id or since, types)
 
 
 def _open(
-    runtime: Runtime, library_id: str | None, since: str | None, types: str | None
+    runtime: Runtime,
+    client: str,
+    caller: Caller,
+    library_id: str | None,
+    since: str | None,
+    types: str | None,
 ) -> _EventStream:
+    if library_id is not None:
+        caller.require(Need.READ, library_id)
     if runtime.closing:
         raise ShuttingDown("the server is shutting down")
-    sub = runtime.service.subscribe(library_id, since=since or None, types=types or None)
-    runtime.streams.add(sub)
+    try:
+        runtime.open_streams.open(client)  # RateLimitedError beyond the client's streams
+    except RateLimitedError:
+        runtime.counters.rate_limited["sse"] += 1
+        raise
+    try:
+        sub = runtime.service.subscribe(library_id, since=since or None, types=types or None)
+    except BaseException:
+        runtime.open_streams.close(client)
+        raise
     logger.info("SSE stream opened (library: %s, since: %s)", library_id or "*", since)
-    return _EventStream(runtime, sub, library_id)
+    return _EventStream(runtime, sub, library_id, caller, client)
 
 
 class _EventStream:
     """The response: sends the subscription's events until the stream ends."""
 
-    def __init__(self, runtime: Runtime, sub: Subscription, library_id: str | None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        sub: Subscription,
+        library_id: str | None,
+        caller: Caller,
+        client: str,
+    ) -> None:
+        self._client = client
         self._runtime = runtime
         self._sub = sub
         self._library_id = library_id
+        #: every event of its library, or only those of libraries the caller may read
+        self._everything = library_id is not None or caller.libraries is None
+        self._caller = caller
+        self._revoked = False
+        runtime.streams[sub] = library_id
+        self._forget = runtime.opened_with(caller.key_id, self._revoke)
         #: the id to resume from to get every event not sent yet
         self._last_sent = sub.resume_from
         self._reason = "client went away"
@@ -128,11 +166,20 @@ class _EventStream:
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
         finally:
-            self._runtime.streams.discard(self._sub)
-            self._sub.close()
+            self._release()
             logger.info(
                 "SSE stream closed (library: %s): %s", self._library_id or "*", self._reason
             )
+
+    def _release(self) -> None:  # once, when the response ends
+        self._runtime.streams.pop(self._sub, None)
+        self._runtime.open_streams.close(self._client)
+        self._forget()
+        self._sub.close()
+
+    def _revoke(self) -> None:
+        self._revoked = True
+        self._sub.close()
 
     async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -145,6 +192,7 @@ class _EventStream:
         sub = self._sub
         keepalive = self._runtime.settings.sse_keepalive
         frames = self._runtime.frames
+        delivered = self._runtime.counters.delivered
         if sub.reset is not None:
             if not await self._send(send, _message(sub.reset)):
                 return False
@@ -156,15 +204,21 @@ class _EventStream:
                 self._reason = "its events are no longer kept"
                 return await self._close(send, "slow_consumer")
             except SubscriptionClosedError:
+                if self._revoked:
+                    self._reason = "its API key was revoked"
+                    return await self._close(send, "unauthorized", timeout=_LAST_SEND_TIMEOUT)
                 self._reason = "server shutting down"
                 return True
             if event is None:
                 if not await self._send(send, KEEPALIVE):
                     return False
                 continue
+            if not self._everything and not self._caller.may_read(event.library_id):
+                continue
             if not await self._send(send, frames.sse_message(event)):  # encoded once for all
                 return False
             self._last_sent = event.id
+            delivered["sse"] += 1
 
     async def _send(self, send: Send, body: bytes) -> bool:
         with anyio.move_on_after(self._runtime.settings.sse_send_timeout):
@@ -177,6 +231,8 @@ class _EventStream:
 
     async def _close(self, send: Send, reason: str, timeout: float | None = None) -> bool:
         """Send the last event, ``stream.closed``; True if it went out."""
+        if reason == "slow_consumer":
+            self._runtime.counters.slow_consumers["sse"] += 1
         closed = Event(
             id=self._last_sent,
             type=STREAM_CLOSED,

@@ -19,9 +19,10 @@ and ends with ``{"summary": {"received", "added", "failed", "took_ms"}}``. A lin
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from litestar.params import FromPath
 from litestar.types import ASGIApp, Receive, Scope, Send
 from msgspec import UNSET
 
+from arrwdb.domain.access import Caller, Need
 from arrwdb.domain.errors import AlreadyExistsError, LimitExceededError, ValidationError
 from arrwdb.transports.dispatch import Written
 from arrwdb.transports.envelopes import IngestLine, IngestSummary, IngestSummaryLine, SearchLine
@@ -43,7 +45,15 @@ from arrwdb.transports.errors import (
     UnsupportedMediaType,
     classify,
 )
-from arrwdb.transports.messages import DocumentIn, DocumentOut, SearchIn, decode, encoder
+from arrwdb.transports.guard import CallerDep
+from arrwdb.transports.messages import (
+    DocumentIn,
+    DocumentOut,
+    SearchIn,
+    SearchOut,
+    decode,
+    encoder,
+)
 from arrwdb.transports.runtime import Runtime, RuntimeDep
 
 logger = logging.getLogger("arrwdb.ndjson")
@@ -61,16 +71,29 @@ class _Line:
 
 
 Batch = list[_Line]
-#: Answers a batch: one encoded line (with its ``\n``) per input line, and the number added.
-BatchHandler = Callable[[Runtime, str, Batch], Awaitable[tuple[bytes, int]]]
+#: Answers a batch, in pieces sent as each is ready: encoded lines (each with its ``\n``,
+#: one per input line, in order), how many of them succeeded, how many lines they answer.
+Piece = tuple[bytes, int, int]
+BatchHandler = Callable[["_LineStream", Batch], AsyncIterator[Piece]]
+#: A search batch is answered in hops of at most this many bytes of encoded answers (and at
+#: least one answer): what a client that does not read can make the server hold.
+ANSWER_BUDGET = 4 * 1024 * 1024
 
 
 class _LineStream:
     """An ASGI app answering NDJSON lines while the request body is still arriving."""
 
-    def __init__(self, runtime: Runtime, library_id: str, handler: BatchHandler, summary: bool):
-        self._runtime = runtime
-        self._library_id = library_id
+    def __init__(
+        self,
+        runtime: Runtime,
+        library_id: str,
+        caller: Caller,
+        handler: BatchHandler,
+        summary: bool,
+    ):
+        self.runtime = runtime
+        self.library_id = library_id
+        self.caller = caller
         self._handler = handler
         self._summary = summary
         self._max_line = runtime.settings.max_body_bytes
@@ -96,11 +119,13 @@ class _LineStream:
             async with lines_out:
                 async for first in lines_out:
                     batch = [first, *self._ready(lines_out)]
-                    body, n_added = await self._answer(batch)
                     received += len(batch)
-                    added += n_added
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                    if self._runtime.closing:
+                    async for body, n_added in self._answer(batch):
+                        added += n_added
+                        if not await self._send(send, body):
+                            tg.cancel_scope.cancel()  # the client is not reading: drop it
+                            return
+                    if self.runtime.closing:
                         logger.info("NDJSON stream stopped early: server shutting down")
                         tg.cancel_scope.cancel()
                         break
@@ -115,12 +140,28 @@ class _LineStream:
             tail = encoder.encode(IngestSummaryLine(summary=summary)) + b"\n"
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def _answer(self, batch: Batch) -> tuple[bytes, int]:
+    async def _send(self, send: Send, body: bytes) -> bool:
+        """Send answers; False if the client did not take them within the send timeout."""
+        with anyio.move_on_after(self.runtime.settings.ndjson_send_timeout):
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            return True
+        logger.info(
+            "NDJSON stream (library %s) dropped: the client has not read its answers for %g s",
+            self.library_id,
+            self.runtime.settings.ndjson_send_timeout,
+        )
+        return False
+
+    async def _answer(self, batch: Batch) -> AsyncIterator[tuple[bytes, int]]:
+        """The handler's pieces; if it fails (a bug), the lines it has not answered fail."""
+        answered = 0  # lines of the batch answered so far
         try:
-            return await self._handler(self._runtime, self._library_id, batch)
-        except Exception as exc:  # a bug: answer every line of the batch, keep streaming
-            failed = [_failed(line.n, exc) for line in batch]
-            return b"".join(encoder.encode(f) + b"\n" for f in failed), 0
+            async for body, ok, lines in self._handler(self, batch):
+                answered += lines
+                yield body, ok
+        except Exception as exc:  # a bug: answer the other lines of the batch, keep streaming
+            failed = [_failed(line.n, exc) for line in batch[answered:]]
+            yield b"".join(encoder.encode(f) + b"\n" for f in failed), 0
 
     def _ready(self, lines: MemoryObjectReceiveStream[_Line]) -> list[_Line]:
         """The lines already read, up to a batch, without waiting for more."""
@@ -183,7 +224,8 @@ def _too_large(runtime: Runtime) -> PayloadTooLarge:
     return PayloadTooLarge(f"line is longer than the limit of {limit} bytes")
 
 
-async def _ingest(runtime: Runtime, library_id: str, batch: Batch) -> tuple[bytes, int]:
+async def _ingest(stream: _LineStream, batch: Batch) -> AsyncIterator[Piece]:
+    runtime, library_id, caller = stream.runtime, stream.library_id, stream.caller
     answers: dict[int, IngestLine] = {}
     docs: list[DocumentIn] = []
     numbers: list[int] = []
@@ -198,13 +240,13 @@ async def _ingest(runtime: Runtime, library_id: str, batch: Batch) -> tuple[byte
     if docs:
         results: list[Any]
         try:
-            written = await runtime.dispatcher.write("add", library_id, docs)
+            written = await runtime.dispatcher.write("add", library_id, docs, caller=caller)
             # one event per document, consecutive, in line order: each line gets its own
             first = int(written.event_id) - len(docs) + 1
             results = [Written(out, str(first + i)) for i, out in enumerate(written.result)]
         except (ValidationError, AlreadyExistsError):
             # one document spoiled the commit: add them one by one to find it
-            results = await runtime.dispatcher.execute_each("add", library_id, docs)
+            results = await runtime.dispatcher.execute_each("add", library_id, docs, caller=caller)
         except Exception as exc:  # library gone, storage down, shutting down...
             results = [exc] * len(docs)
         for n, result in zip(numbers, results, strict=True):
@@ -215,7 +257,7 @@ async def _ingest(runtime: Runtime, library_id: str, batch: Batch) -> tuple[byte
             else:
                 answers[n] = _failed(n, result)
     ok = sum(1 for a in answers.values() if a.success)
-    return b"".join(encoder.encode(answers[line.n]) + b"\n" for line in batch), ok
+    yield b"".join(encoder.encode(answers[line.n]) + b"\n" for line in batch), ok, len(batch)
 
 
 def _failed(n: int, exc: BaseException) -> IngestLine:
@@ -224,45 +266,76 @@ def _failed(n: int, exc: BaseException) -> IngestLine:
     return IngestLine(line=n, success=False, error=fault.message, code=fault.code, field=field)
 
 
-def _search_failed(n: int, exc: BaseException) -> SearchLine:
+def _search_failed(n: int, exc: BaseException) -> bytes:
     fault = classify(exc)
     field = UNSET if fault.field is None else fault.field
-    return SearchLine(line=n, success=False, error=fault.message, code=fault.code, field=field)
+    line = SearchLine(line=n, success=False, error=fault.message, code=fault.code, field=field)
+    return encoder.encode(line) + b"\n"
 
 
-async def _search(runtime: Runtime, library_id: str, batch: Batch) -> tuple[bytes, int]:
-    answers: dict[int, SearchLine] = {}
-    queries: list[SearchIn] = []
-    numbers: list[int] = []
-    for line in batch:
-        try:
-            if line.raw is None:
-                raise _too_large(runtime)
-            queries.append(decode(SearchIn, line.raw))
-            numbers.append(line.n)
-        except (msgspec.DecodeError, PayloadTooLarge, LimitExceededError) as exc:
-            answers[line.n] = _search_failed(line.n, exc)
-    if queries:
-        results = await runtime.dispatcher.execute_each("search", library_id, queries)
-        for n, result in zip(numbers, results, strict=True):
-            if isinstance(result, BaseException):
-                answers[n] = _search_failed(n, result)
-            else:
-                answers[n] = SearchLine(
-                    line=n, success=True, results=result.results, took_ms=result.took_ms
-                )
-    body = b"".join(encoder.encode(answers[line.n]) + b"\n" for line in batch)
-    return body, sum(1 for a in answers.values() if a.success)
+async def _search(stream: _LineStream, batch: Batch) -> AsyncIterator[Piece]:
+    """Answers in input order, each encoded as soon as it is computed, sent in pieces of at
+    most about ``ANSWER_BUDGET`` bytes: the answers of a batch are never all held at once."""
+    pending = list(batch)
+    while pending:
+        answers: dict[int, tuple[bytes, bool]] = {}
+        queries: list[SearchIn] = []
+        numbers: list[int] = []
+        for line in pending:
+            try:
+                if line.raw is None:
+                    raise _too_large(stream.runtime)
+                queries.append(decode(SearchIn, line.raw))
+                numbers.append(line.n)
+            except (msgspec.DecodeError, PayloadTooLarge, LimitExceededError) as exc:
+                answers[line.n] = (_search_failed(line.n, exc), False)
+        if queries:
+            results = await stream.runtime.dispatcher.execute_each(
+                "search",
+                stream.library_id,
+                queries,
+                caller=stream.caller,
+                then=functools.partial(_search_answer, numbers),
+                budget=ANSWER_BUDGET,
+            )
+            # ``results`` may stop short (the budget): the rest goes in the next hop
+            for n, result in zip(numbers, results, strict=False):
+                if isinstance(result, BaseException):
+                    answers[n] = (_search_failed(n, result), False)
+                else:
+                    answers[n] = (result, True)
+        parts: list[bytes] = []
+        ok = 0
+        for line in pending:
+            answer = answers.get(line.n)
+            if answer is None:
+                break
+            parts.append(answer[0])
+            ok += answer[1]
+        yield b"".join(parts), ok, len(parts)
+        pending = pending[len(parts) :]
 
 
-async def _open(request: Request[Any, Any, Any], runtime: Runtime, library_id: str) -> None:
-    """Everything that can fail before the stream starts: 415, 503, 404."""
+def _search_answer(numbers: list[int], i: int, out: SearchOut) -> bytes:
+    line = SearchLine(line=numbers[i], success=True, results=out.results, took_ms=out.took_ms)
+    return encoder.encode(line) + b"\n"
+
+
+async def _open(
+    request: Request[Any, Any, Any], runtime: Runtime, library_id: str, caller: Caller, write: bool
+) -> None:
+    """Everything that can fail before the stream starts: 415, 403, 503, 404."""
     media_type = request.content_type[0].strip().lower()
-    if media_type and media_type not in NDJSON_TYPES:
-        raise UnsupportedMediaType(f"content type {media_type!r} is not NDJSON; send {NDJSON}")
+    if media_type not in NDJSON_TYPES:
+        shown = repr(media_type) if media_type else "missing"
+        raise UnsupportedMediaType(
+            f"content type {shown} is not NDJSON; send Content-Type: {NDJSON}",
+            field="Content-Type",
+        )
+    caller.require(Need.WRITE if write else Need.READ, library_id)
     if runtime.closing:
         raise ShuttingDown("the server is shutting down")
-    await runtime.dispatcher.execute("get_library", library_id)
+    await runtime.dispatcher.execute("get_library", library_id, caller=caller)
 
 
 def _ndjson_body(item: str) -> type[Operation]:
@@ -288,11 +361,14 @@ def _ndjson_body(item: str) -> type[Operation]:
     operation_class=_ndjson_body("document (as for `POST .../documents`)"),
 )
 async def ingest(
-    request: Request[Any, Any, Any], runtime: RuntimeDep, library_id: FromPath[str]
+    request: Request[Any, Any, Any],
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    library_id: FromPath[str],
 ) -> ASGIApp:
     """NDJSON ingest: `{"line": n, "success": ...}` per line, then `{"summary": {...}}`."""
-    await _open(request, runtime, library_id)
-    return _LineStream(runtime, library_id, _ingest, summary=True)
+    await _open(request, runtime, library_id, caller, write=True)
+    return _LineStream(runtime, library_id, caller, _ingest, summary=True)
 
 
 @post(
@@ -303,11 +379,14 @@ async def ingest(
     operation_class=_ndjson_body("search request (as for `POST .../search`)"),
 )
 async def search_stream(
-    request: Request[Any, Any, Any], runtime: RuntimeDep, library_id: FromPath[str]
+    request: Request[Any, Any, Any],
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    library_id: FromPath[str],
 ) -> ASGIApp:
     """NDJSON batch search: one search response (with `"line": n`) per line, in order."""
-    await _open(request, runtime, library_id)
-    return _LineStream(runtime, library_id, _search, summary=False)
+    await _open(request, runtime, library_id, caller, write=False)
+    return _LineStream(runtime, library_id, caller, _search, summary=False)
 
 
 def router() -> Router:

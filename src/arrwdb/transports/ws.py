@@ -41,7 +41,13 @@ from litestar import Router, WebSocket, get, websocket
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 
-from arrwdb.domain.errors import NotFoundError, SlowConsumerError, SubscriptionClosedError
+from arrwdb.domain.access import ANYONE, Caller, Need
+from arrwdb.domain.errors import (
+    NotFoundError,
+    RateLimitedError,
+    SlowConsumerError,
+    SubscriptionClosedError,
+)
 from arrwdb.domain.ports import Subscription
 from arrwdb.transports.dispatch import ACTIONS
 from arrwdb.transports.envelopes import (
@@ -56,7 +62,15 @@ from arrwdb.transports.envelopes import (
     ws_request_decoder,
 )
 from arrwdb.transports.errors import classify
-from arrwdb.transports.messages import WebSocketStats, encoder, too_deep
+from arrwdb.transports.guard import (
+    CLOSE_FORBIDDEN,
+    CLOSE_TRY_AGAIN_LATER,
+    CLOSE_UNAUTHORIZED,
+    CallerDep,
+    caller_of,
+    client_of,
+)
+from arrwdb.transports.messages import DocumentGet, SearchIn, WebSocketStats, encoder, too_deep
 from arrwdb.transports.runtime import Outbox, Runtime, RuntimeDep
 
 logger = logging.getLogger("arrwdb.ws")
@@ -107,8 +121,17 @@ def _error(
 class _Connection:
     """One WebSocket connection (implements ``runtime.Connection``)."""
 
-    def __init__(self, socket: WebSocket[Any, Any, Any], runtime: Runtime, library_id: str):
+    def __init__(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        runtime: Runtime,
+        library_id: str,
+        caller: Caller = ANYONE,
+        client: str = "",
+    ):
         settings = runtime.settings
+        self.caller = caller
+        self.client = client
         self.connection_id = str(uuid.uuid4())
         self.library_id = library_id
         self._socket = socket
@@ -122,6 +145,12 @@ class _Connection:
         )
         self._last_sent: str | None = None  # the id of the last event frame sent
         self._slots = anyio.Semaphore(settings.ws_max_inflight)
+        # what the answers being computed may weigh (estimated before, weighed after): a
+        # client that pipelines large searches and reads nothing holds about this much
+        self._budget = settings.ws_inflight_bytes
+        self._inflight = 0
+        self._room = anyio.Event()
+        self._dimension: int | None = None
         self._sub: Subscription | None = None
         self._pump_scope: anyio.CancelScope | None = None
         self._read_scope = anyio.CancelScope()
@@ -181,9 +210,16 @@ class _Connection:
     def _close_code(self) -> int | None:
         return self._close[0] if self._close else None
 
+    def request_close(self, code: int, reason: str) -> None:
+        """Close the connection (from the event loop): its reader stops, requests in flight
+        are cancelled."""
+        self._request_close(code, reason)
+
     def _request_close(self, code: int, reason: str) -> None:
         if self._close is None and not self._disconnected:
             self._close = (code, reason)
+            if code == CLOSE_SLOW_CONSUMER:
+                self._runtime.counters.slow_consumers["websocket"] += 1
             logger.info("WebSocket %s closing: %d %s", self.connection_id, code, reason)
         self._read_scope.cancel()
 
@@ -199,6 +235,14 @@ class _Connection:
             await self._handle(text if text is not None else message.get("bytes") or b"", workers)
 
     async def _handle(self, data: str | bytes, workers: TaskGroup) -> None:
+        try:
+            self._runtime.limiter.check(self.client)
+        except RateLimitedError as exc:
+            self._runtime.counters.rate_limited["websocket"] += 1
+            await self._send(
+                _error(None, exc.code, exc.message, data={"retry_after": exc.retry_after})
+            )
+            return
         if len(data) > self._max_message:
             limit = self._max_message
             await self._send(_error(None, "payload_too_large", f"message exceeds {limit} bytes"))
@@ -219,9 +263,39 @@ class _Connection:
             await self._unsubscribe(request)
         else:
             await self._slots.acquire()
-            workers.start_soon(self._serve, request)
+            weight = await self._reserve(self._estimate(request))
+            workers.start_soon(self._serve, request, weight)
 
-    async def _serve(self, request: WSRequest) -> None:
+    def _estimate(self, request: WSRequest) -> int:
+        """About how many bytes the answer to ``request`` will take (before it is computed)."""
+        data = request.data
+        if isinstance(data, SearchIn):
+            per_hit = 512
+            if data.include_embedding:
+                if self._dimension is None:
+                    with contextlib.suppress(Exception):
+                        dimension = self._runtime.service.get_library(self.library_id).dimension
+                        self._dimension = dimension
+                per_hit += 24 * (self._dimension or 1024)
+            return data.k * per_hit
+        if isinstance(data, DocumentGet):
+            return 64 * 1024
+        return 1024
+
+    async def _reserve(self, weight: int) -> int:
+        """Wait until ``weight`` more bytes of answers fit in the budget (one answer always
+        fits when none is being computed); returns what was reserved."""
+        while self._inflight and self._inflight + weight > self._budget:
+            self._room = anyio.Event()
+            await self._room.wait()
+        self._inflight += weight
+        return weight
+
+    def _release(self, weight: int) -> None:
+        self._inflight -= weight
+        self._room.set()
+
+    async def _serve(self, request: WSRequest, weight: int) -> None:
         try:
             action = type(request).__struct_config__.tag
             rid = request.request_id
@@ -238,20 +312,35 @@ class _Connection:
                         str(action),
                         self.library_id,
                         request.data,
+                        caller=self.caller,
                         then=encode,
                         idempotency_key=request.idempotency_key,
                     )
                     frame: str = written.result
                 else:
                     frame = await dispatcher.execute(
-                        str(action), self.library_id, request.data, then=encode
+                        str(action), self.library_id, request.data, caller=self.caller, then=encode
                     )
             except Exception as exc:
                 fault = classify(exc)
                 frame = _error(request.request_id, fault.code, fault.message, fault.field)
-            await self._send(frame)
+            await self._answer(frame)
         finally:
+            self._release(weight)
             self._slots.release()
+
+    async def _answer(self, frame: str) -> None:
+        """Queue a response, waiting for room at most ``ws_send_timeout`` seconds: a client
+        that sends requests and does not read the answers is closed (4008)."""
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            with anyio.move_on_after(self._send_timeout):
+                await self._out.send((frame, None))
+                return
+            self._runtime.fanout.discard(self)
+            self._request_close(
+                CLOSE_SLOW_CONSUMER,
+                f"slow consumer: not reading answers; last event id {self._last_sent or 'none'}",
+            )
 
     # -- events -------------------------------------------------------------------------------
 
@@ -394,10 +483,12 @@ class _Connection:
     async def _write_loop(self) -> None:
         try:
             async with self._out:
+                delivered = self._runtime.counters.delivered
                 async for frame, event_id in self._out:
                     await self._socket.send_data(frame)
                     if event_id is not None:
                         self._last_sent = event_id
+                        delivered["websocket"] += 1
         except anyio.get_cancelled_exc_class():
             raise
         except Exception:  # the client went away mid-send
@@ -416,6 +507,13 @@ async def library_socket(
         await socket.accept()
         await socket.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
         return
+    caller = caller_of(socket.scope)
+    if not caller.allows(Need.READ, library_id):
+        await socket.accept()
+        reason = _reason(f"forbidden: this key may not read library {library_id!r}")
+        await socket.close(code=CLOSE_FORBIDDEN, reason=reason)
+        logger.info("WebSocket refused: 4403 forbidden (key %s)", caller.key_id)
+        return
     try:
         # registered before the welcome: no event after it can be missed
         sub = runtime.service.subscribe(library_id)
@@ -425,12 +523,25 @@ async def library_socket(
         await socket.close(code=CLOSE_NOT_FOUND, reason=reason)
         logger.info("WebSocket refused: %s", reason)
         return
-    conn = _Connection(socket, runtime, library_id)
+    client = client_of(socket.scope)
+    try:
+        runtime.open_streams.open(client)
+    except RateLimitedError as exc:
+        runtime.counters.rate_limited["websocket"] += 1
+        sub.close()
+        await socket.accept()
+        await socket.close(code=CLOSE_TRY_AGAIN_LATER, reason=_reason(f"{exc.code}: {exc}"))
+        return
+    conn = _Connection(socket, runtime, library_id, caller, client)
     try:
         await socket.accept()
     except Exception:
         sub.close()
+        runtime.open_streams.close(client)
         return
+    forget = runtime.opened_with(
+        caller.key_id, lambda: conn.request_close(CLOSE_UNAUTHORIZED, "unauthorized: key revoked")
+    )
     total = runtime.connections.add(conn)
     logger.info(
         "WebSocket connected: %s (library: %s), total connections: %d",
@@ -441,6 +552,8 @@ async def library_socket(
     try:
         await conn.run(sub)
     finally:
+        forget()
+        runtime.open_streams.close(client)
         remaining = runtime.connections.remove(conn)
         logger.info(
             "WebSocket disconnected: %s, remaining connections: %d", conn.connection_id, remaining
@@ -448,9 +561,10 @@ async def library_socket(
 
 
 @get("/v1/websockets/stats", tags=["websockets"])
-async def websocket_stats(runtime: RuntimeDep) -> WebSocketStats:
-    """Open WebSocket connections, and subscriptions per library."""
-    return runtime.connections.stats()
+async def websocket_stats(runtime: RuntimeDep, caller: CallerDep) -> WebSocketStats:
+    """Open WebSocket connections, and subscriptions per library; with an API key, of the
+    libraries it may read. Also the open SSE streams (``sse_streams``)."""
+    return runtime.stats(caller.may_read)
 
 
 def router() -> Router:

@@ -23,10 +23,13 @@ kernel may have dropped the dirty pages): every later append raises ``StorageErr
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
+import itertools
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -67,6 +70,10 @@ class RecordLocation:
     length: int
 
 
+#: Upper bounds (seconds) of the fsync latency histogram.
+FSYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+
 @dataclass(frozen=True, slots=True)
 class WalStatistics:
     appends: int
@@ -75,6 +82,9 @@ class WalStatistics:
     last_seq: int
     synced_seq: int
     segments: int
+    #: how long the fsyncs took: in all, and how many took at most each of ``FSYNC_BUCKETS``
+    fsync_seconds: float = 0.0
+    fsync_buckets: tuple[int, ...] = ()
 
 
 class WriteAheadLog:
@@ -108,6 +118,8 @@ class WriteAheadLog:
         self._append_error: StorageError | None = None
         self._closed = False
         self._appends = self._fsyncs = self._bytes = 0
+        self._fsync_seconds = 0.0
+        self._fsync_counts = [0] * len(FSYNC_BUCKETS)
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -323,6 +335,7 @@ class WriteAheadLog:
             target, end = self._next_seq - 1, self._size
             self._cond.release()
             error: OSError | None = None
+            started = time.perf_counter()
             try:
                 file.sync()
             except OSError as exc:
@@ -333,15 +346,24 @@ class WriteAheadLog:
                 self._cond.notify_all()
             if error is not None:
                 self._sync_failed(file, error)
-            self._fsyncs += 1
+            self._timed(time.perf_counter() - started)
             self._synced, self._synced_size = max(self._synced, target), max(self._synced_size, end)
 
+    def _timed(self, seconds: float) -> None:
+        """Count one fsync that took ``seconds`` (under the lock)."""
+        self._fsyncs += 1
+        self._fsync_seconds += seconds
+        bucket = bisect.bisect_left(FSYNC_BUCKETS, seconds)
+        if bucket < len(FSYNC_BUCKETS):  # slower than the last bound: in the sum and count only
+            self._fsync_counts[bucket] += 1
+
     def _sync_file(self, file: SegmentFile, target: int, end: int) -> None:
+        started = time.perf_counter()
         try:
             file.sync()
         except OSError as exc:
             self._sync_failed(file, exc)
-        self._fsyncs += 1
+        self._timed(time.perf_counter() - started)
         self._synced, self._synced_size = target, end
         self._cond.notify_all()
 
@@ -403,6 +425,8 @@ class WriteAheadLog:
                 last_seq=self._next_seq - 1,
                 synced_seq=self._synced,
                 segments=len(self._segments),
+                fsync_seconds=self._fsync_seconds,
+                fsync_buckets=tuple(itertools.accumulate(self._fsync_counts)),
             )
 
     def close(self) -> None:

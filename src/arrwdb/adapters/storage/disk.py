@@ -94,6 +94,7 @@ from arrwdb.adapters.storage._snapshot import (
 from arrwdb.adapters.storage._tables import CatalogReads, tail_batches
 from arrwdb.adapters.storage._wal import (
     DEFAULT_SEGMENT_BYTES,
+    FSYNC_BUCKETS,
     FsyncPolicy,
     RecordLocation,
     WalStatistics,
@@ -105,7 +106,7 @@ from arrwdb.domain.changes import Batch, Receipt, WriteKey
 from arrwdb.domain.errors import IdempotencyMismatchError, StorageError
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import Library
-from arrwdb.domain.ports import Build
+from arrwdb.domain.ports import Build, Measurement
 
 #: Recent durable batches kept in memory for the projector (older ones are read from the log).
 TAIL_BATCHES = 16
@@ -482,6 +483,26 @@ class DiskStore(CatalogReads):
             position=self.head,
             wal=wal.statistics(),
         )
+
+    def measurements(self) -> list[Measurement]:
+        """``Measured``: the write-ahead log's appends, bytes and fsync latency."""
+        wal = self.statistics().wal
+        buckets = tuple(zip(FSYNC_BUCKETS, wal.fsync_buckets, strict=True))
+        return [
+            Measurement(
+                "arrwdb_wal_appends", "Records appended to the WAL.", "counter", wal.appends
+            ),
+            Measurement(
+                "arrwdb_wal_bytes", "Bytes written to the WAL.", "counter", wal.bytes_written
+            ),
+            Measurement(
+                "arrwdb_wal_fsync_seconds",
+                "How long each WAL fsync took.",
+                "histogram",
+                wal.fsync_seconds,
+                buckets=(*buckets, (float("inf"), wal.fsyncs)),
+            ),
+        ]
 
     def check(self) -> None:
         """Raise ``StorageError`` when the store cannot write: after a failed fsync (until a

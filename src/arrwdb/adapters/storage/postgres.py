@@ -70,7 +70,7 @@ from arrwdb.domain.catalog import Catalog, Entry
 from arrwdb.domain.changes import Batch, WriteKey
 from arrwdb.domain.errors import HistoryLostError, StorageError
 from arrwdb.domain.events import Event
-from arrwdb.domain.ports import Build
+from arrwdb.domain.ports import Build, Measurement
 
 __all__ = ["PostgresCommit", "PostgresStore", "masked"]
 
@@ -360,6 +360,17 @@ class PostgresStore(CatalogReads):
             raise StorageError(
                 f"this server is {behind} changes behind the database (more than {self._max_lag})"
             )
+
+    def measurements(self) -> list[Measurement]:
+        """``Measured``: how far this server's projection is behind the database."""
+        return [
+            Measurement(
+                "arrwdb_follower_lag_events",
+                "Changes in the database not yet applied by this server (when last asked).",
+                "gauge",
+                self.behind,
+            )
+        ]
 
     @property
     def behind(self) -> int:
