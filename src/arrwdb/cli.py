@@ -8,6 +8,7 @@ Options override ``ARRWDB_*`` environment variables, which override the defaults
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -57,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="server processes on one port (default 1; more need --storage postgres)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("ARRWDB_LOG_FORMAT", "text"),
+        help="log lines as text (default) or as one JSON object each (ARRWDB_LOG_FORMAT)",
     )
     serve.add_argument(
         "--log-level",
@@ -112,7 +119,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"arrwdb serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if args.log_format == "json" else logging.Formatter(LOG_FORMAT)
+    )
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
     from arrwdb.server import (
         AnonymousRefusedError,
@@ -134,6 +145,22 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``message`` and, for an
+    exception, ``exception``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
 
 
 def _read_key(path: str | None) -> str | None:

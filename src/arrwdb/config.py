@@ -57,6 +57,12 @@ class Settings:
     rate_limit: float = 5_000.0
     rate_burst: float | None = None
     max_streams_per_client: int = 1_000
+    # limits of what is stored
+    max_metadata_bytes: int = 64 * 1024
+    max_text_bytes: int = 4 * 1024 * 1024
+    max_dimension: int = 16_384
+    max_libraries: int = 10_000
+    max_backups: int = 100
     # observability: /metrics on a port of its own (no key asked there) instead of the API's
     metrics_port: int | None = None
     max_body_bytes: int = 64 * 1024 * 1024

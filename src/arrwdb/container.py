@@ -32,6 +32,7 @@ from arrwdb.config import Settings
 from arrwdb.domain.access import KeyRing
 from arrwdb.domain.chunking import Chunker
 from arrwdb.domain.errors import StorageError
+from arrwdb.domain.limits import Limits
 from arrwdb.domain.ports import (
     Embedder,
     EventHistory,
@@ -69,6 +70,7 @@ def _service(
     default_embedder: str,
     index_store: IndexStore | None,
     index_save_interval: float,
+    limits: Limits,
 ) -> Iterator[VectorDBService]:
     service = VectorDBService(
         store,
@@ -78,6 +80,7 @@ def _service(
         chunker,
         default_embedder=default_embedder,
         index_store=index_store,
+        limits=limits,
     )
     try:
         service.load()
@@ -207,6 +210,13 @@ class Container(containers.DeclarativeContainer):
         default_embedder=config.embedder,
         index_store=index_store,
         index_save_interval=config.index_save_interval,
+        limits=providers.Factory(
+            Limits,
+            metadata_bytes=config.max_metadata_bytes,
+            text_bytes=config.max_text_bytes,
+            dimension=config.max_dimension,
+            libraries=config.max_libraries,
+        ),
     )
 
 

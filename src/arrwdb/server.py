@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         allowed_hosts=settings.allowed_hosts,
         cors_origins=settings.cors_origins,
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=routers,
         middleware=[measured.middleware, guard.middleware],
         dependencies={
@@ -137,6 +137,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         logging_config=None,
         state=State({"runtime": runtime}),
     )
+    rest.without_bodies_on_204(app.openapi_schema)
+    return app
 
 
 def _check_storage(container: Container) -> None:

@@ -57,3 +57,13 @@ def test_an_in_memory_server_has_nothing_to_back_up(http: httpx.Client) -> None:
     assert response.status_code == 422
     assert response.json()["code"] == "invalid_argument"
     assert "memory" in response.json()["detail"]
+
+
+def test_backups_are_capped(make_server: Callable[..., BackgroundServer], tmp_path: Path) -> None:
+    live = make_server(storage="disk", data_dir=str(tmp_path / "data"), max_backups=2)
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        assert http.post("/v1/backups", json={"name": "one"}).status_code == 201
+        assert http.post("/v1/backups", json={"name": "two"}).status_code == 201
+        third = http.post("/v1/backups", json={"name": "three"}).json()
+        assert (third["status"], third["code"]) == (422, "limit_exceeded")
+        assert "max_backups" in third["detail"]

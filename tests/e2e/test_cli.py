@@ -72,6 +72,30 @@ def test_serve_starts_fast_logs_connections_and_stops_cleanly(
     assert "arrwDB stopped" in output
 
 
+def test_json_logs_tell_the_connection_lifecycle(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = serve("--port", str(port), "--log-format", "json", "--storage", "memory", cwd=tmp_path)
+    try:
+        wait_healthy(url, proc, timeout=10)
+        lib = httpx.post(f"{url}/v1/libraries", json={"name": "cli"}).json()["id"]
+        with connect(f"ws://127.0.0.1:{port}/v1/libraries/{lib}/ws") as ws:
+            assert json.loads(ws.recv())["type"] == "system"
+        time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=20)
+    entries = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert entries, output
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    messages = [e["message"] for e in entries]
+    assert any(m.startswith("WebSocket connected") for m in messages)
+    closed = [m for m in messages if m.startswith("WebSocket disconnected")]
+    assert closed
+    assert "close code" in closed[0]
+    assert " s, remaining" in closed[0]
+
+
 def test_serve_starts_in_under_two_seconds(tmp_path: Path) -> None:
     """From the command to the first answered request (best of three: the machine is shared)."""
     timings = []

@@ -197,3 +197,88 @@ def test_sse_requests_reset_before_the_stream_starts_leave_nothing_behind(
             opened = http.get("/v1/websockets/stats").json()
             assert opened["sse_streams"] == before + 1
             assert opened["sse_streams_by_library"][library["id"]] >= 1
+
+
+def test_stored_sizes_and_counts_are_limited(make_server: Any) -> None:
+    live = make_server(
+        max_metadata_bytes=1000, max_text_bytes=5000, max_dimension=8, max_libraries=3
+    )
+    with httpx.Client(base_url=live.url) as http:
+        lib = create_library(http, dimension=4)["id"]
+        docs = f"/v1/libraries/{lib}/documents"
+        big_meta = {"title": "t", "text": "a", "metadata": {"blob": "x" * 2000}}
+        problem = http.post(docs, json=big_meta).json()
+        assert (problem["status"], problem["code"], problem["field"]) == (
+            413,
+            "payload_too_large",
+            "metadata",
+        )
+        assert "max_metadata_bytes" in problem["detail"]
+        chunk_meta = {
+            "title": "t",
+            "chunks": [{"text": "a", "embedding": [1, 0, 0, 0], "metadata": {"b": "y" * 2000}}],
+        }
+        assert http.post(docs, json=chunk_meta).status_code == 413
+        big_text = http.post(docs, json={"title": "t", "text": "word " * 2000}).json()
+        assert (big_text["status"], big_text["field"]) == (413, "text")
+        assert "max_text_bytes" in big_text["detail"]
+        chunks = [{"text": "z" * 3000, "embedding": [1, 0, 0, 0]} for _ in range(2)]
+        assert http.post(docs, json={"title": "t", "chunks": chunks}).status_code == 413
+        assert (
+            http.post(docs, json={"title": "ok", "text": "small", "metadata": {"a": 1}}).status_code
+            == 201
+        )
+        patched = http.get(docs).json()["documents"][0]["id"]
+        r = http.patch(f"{docs}/{patched}", json={"metadata": {"blob": "x" * 2000}})
+        assert r.status_code == 413
+        wide = http.post("/v1/libraries", json={"name": "wide", "dimension": 9}).json()
+        assert (wide["status"], wide["code"], wide["field"]) == (422, "limit_exceeded", "dimension")
+        unfixed = create_library(http)["id"]
+        r = http.post(
+            f"/v1/libraries/{unfixed}/documents",
+            json={"title": "t", "chunks": [{"text": "a", "embedding": [1.0] * 9}]},
+        )
+        assert (r.status_code, r.json()["code"]) == (422, "limit_exceeded")
+        create_library(http)
+        full = http.post("/v1/libraries", json={"name": "one-too-many"}).json()
+        assert (full["status"], full["code"]) == (422, "limit_exceeded")
+        assert "max_libraries" in full["detail"]
+        # one such NDJSON line fails alone; on a WebSocket the answer is an error response
+        lines = [
+            json.dumps({"title": "a", "text": "a"}),
+            json.dumps(big_meta),
+            json.dumps({"title": "b", "text": "b"}),
+        ]
+        r = http.post(
+            f"{docs}/stream",
+            content="\n".join(lines) + "\n",
+            headers={"content-type": "application/x-ndjson"},
+        )
+        answers = [json.loads(line) for line in r.text.splitlines()]
+        assert [a.get("success") for a in answers[:3]] == [True, False, True]
+        assert answers[1]["code"] == "payload_too_large"
+    with ws_client.connect(f"{live.ws_url}/v1/libraries/{lib}/ws") as ws:
+        json.loads(ws.recv())
+        ws.send(json.dumps({"type": "request", "action": "add", "request_id": 1, "data": big_meta}))
+        answer = json.loads(ws.recv())
+        assert (answer["success"], answer["code"]) == (False, "payload_too_large")
+
+
+def test_hits_carry_only_what_include_names(http: httpx.Client) -> None:
+    lib = create_library(http, dimension=2)["id"]
+    doc = {"title": "t", "metadata": {"m": 1}, "chunks": [{"text": "hello", "embedding": [1, 0]}]}
+    assert http.post(f"/v1/libraries/{lib}/documents", json=doc).status_code == 201
+    url = f"/v1/libraries/{lib}/search"
+    query = {"query_vector": [1, 0], "k": 1}
+    full = http.post(url, json=query).json()["results"][0]
+    assert (full["text"], full["metadata"]) == ("hello", {"m": 1})
+    assert "embedding" not in full
+    bare = http.post(url, json=query | {"include": []}).json()["results"][0]
+    assert "text" not in bare
+    assert "metadata" not in bare
+    assert bare["chunk_id"] == full["chunk_id"]
+    vectors = http.post(url, json=query | {"include": ["embedding"]}).json()["results"][0]
+    assert vectors["embedding"] == [1.0, 0.0]
+    assert "text" not in vectors
+    bad = http.post(url, json=query | {"include": ["everything"]}).json()
+    assert (bad["status"], bad["field"]) == (422, "include[0]")

@@ -20,7 +20,9 @@ from arrwdb.domain.errors import (
     DimensionMismatchError,
     InvalidArgumentError,
     InvalidVectorError,
+    LimitExceededError,
 )
+from arrwdb.domain.limits import Limits
 from arrwdb.domain.models import (
     Chunk,
     Document,
@@ -44,9 +46,12 @@ class PreparedBatch:
 
 
 class DocumentBuilder:
-    def __init__(self, chunker: Chunker, embedders: Mapping[str, Embedder]) -> None:
+    def __init__(
+        self, chunker: Chunker, embedders: Mapping[str, Embedder], limits: Limits | None = None
+    ) -> None:
         self._chunker = chunker
         self._embedders = embedders
+        self._limits = limits or Limits()
 
     def prepare(
         self,
@@ -65,10 +70,11 @@ class DocumentBuilder:
         fields: dict[int, str] = {}  # chunk row -> "documents[i].chunks[j]" (formatted lazily)
         shapes: list[tuple[str, str, dict[str, object], str | None, int]] = []
         check_text, check_metadata = v.check_text, v.check_metadata
+        max_meta, max_text = self._limits.metadata_bytes, self._limits.text_bytes
         for i, doc in enumerate(documents):
             where = "" if one else f"documents[{i}]."
             title = check_text(doc.title if doc.title is not None else "", f"{where}title")
-            metadata = check_metadata(doc.metadata, f"{where}metadata")
+            metadata = check_metadata(doc.metadata, f"{where}metadata", max_meta)
             doc_id = None if doc.id is None else v.check_document_id(doc.id, f"{where}id")
             if (doc.text is None) == (doc.chunks is None):
                 raise InvalidArgumentError(
@@ -77,7 +83,10 @@ class DocumentBuilder:
                 )
             first = len(texts)
             if doc.text is not None:
-                pieces = self._chunker.split(check_text(doc.text, f"{where}text"))
+                text = check_text(doc.text, f"{where}text")
+                if len(text) * 4 > max_text:  # (UTF-8 takes at most 4 bytes a character)
+                    v.check_text_size(len(text.encode()), max_text, f"{where}text")
+                pieces = self._chunker.split(text)
                 if not pieces:
                     raise InvalidArgumentError(f"{where}text is empty", field=f"{where}text")
                 texts.extend(pieces)
@@ -89,24 +98,36 @@ class DocumentBuilder:
                         f"{where}chunks must be a non-empty list", field=f"{where}chunks"
                     )
                 # the per-chunk loop of a bulk load: field names are formatted only for errors
+                size = 0
                 for j, chunk in enumerate(doc.chunks):
                     text = chunk.text
                     if type(text) is not str:
                         text = check_text(text, f"{where}chunks[{j}].text")
+                    size += len(text)
                     meta = chunk.metadata
                     texts.append(text)
                     chunk_meta.append(
                         {}
                         if type(meta) is dict and not meta
-                        else check_metadata(meta, f"{where}chunks[{j}].metadata")
+                        else check_metadata(meta, f"{where}chunks[{j}].metadata", max_meta)
                     )
                     if chunk.embedding is not None:
                         row = len(texts) - 1
                         explicit[row] = chunk.embedding
                         fields[row] = f"{where}chunks[{j}]"
+                if size * 4 > max_text:
+                    size = sum(len(t.encode()) for t in texts[first:])
+                    v.check_text_size(size, max_text, f"{where}chunks")
             shapes.append((title, where, metadata, doc_id, len(texts) - first))
 
         vectors = self._vectors(library, texts, explicit, fields)
+        if library.dimension is None and vectors.shape[1] > self._limits.dimension:
+            raise LimitExceededError(
+                f"vectors of {vectors.shape[1]} dimensions are longer than the limit of "
+                f"{self._limits.dimension} (max_dimension)",
+                limit="max_dimension",
+                field="dimension",
+            )
         rows = list(vectors)  # one view per chunk
         chunk_ids = new_ids(len(texts))
         now = utcnow()

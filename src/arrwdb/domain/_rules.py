@@ -29,16 +29,23 @@ from arrwdb.domain.errors import (
     DimensionMismatchError,
     DocumentNotFoundError,
     LibraryNotFoundError,
+    LimitExceededError,
 )
 from arrwdb.domain.models import Document, Library, utcnow
 from arrwdb.domain.ports import Build, Head
 
 
-def create_library(library: Library) -> Build:
+def create_library(library: Library, max_libraries: int | None = None) -> Build:
     def build(head: Head) -> Sequence[Change]:
         if head.library_named(library.name) is not None:
             raise AlreadyExistsError(
                 f"a library named {library.name!r} already exists", name=library.name
+            )
+        if max_libraries is not None and head.library_count() >= max_libraries:
+            raise LimitExceededError(
+                f"this store holds {max_libraries} libraries already, the limit (max_libraries)",
+                limit="max_libraries",
+                field="name",
             )
         return [LibraryCreated(library, library.created_at)]
 
@@ -76,8 +83,12 @@ def add_documents(library_id: str, batch: PreparedBatch) -> Build:
         _check_dimension(_library(head, library_id), batch)
         seen: set[str] = set()
         for doc in batch.documents:
-            if doc.id in seen or head.document(library_id, doc.id) is not None:
-                raise AlreadyExistsError(f"document id {doc.id} is taken", document_id=doc.id)
+            if doc.id in seen:
+                raise AlreadyExistsError(
+                    f"document id {doc.id!r} is given twice in one batch", document_id=doc.id
+                )
+            if head.document(library_id, doc.id) is not None:
+                raise AlreadyExistsError(f"document id {doc.id!r} is taken", document_id=doc.id)
             seen.add(doc.id)
         at = utcnow()
         return [DocumentSaved(doc, False, at) for doc in batch.documents]

@@ -52,6 +52,9 @@ class Catalog:
     def library(self, library_id: str) -> Library | None:
         return self._libraries.get(library_id)
 
+    def library_count(self) -> int:
+        return len(self._libraries)
+
     def library_named(self, name: str) -> Library | None:
         library_id = self._names.get(name)
         return None if library_id is None else self._libraries.get(library_id)

@@ -13,6 +13,7 @@ in-process exceptions; transports map the classes below to statuses in one table
     │   ├── InvalidFilterError       invalid_filter       unknown operator, bad operand
     │   ├── InvalidArgumentError     invalid_argument     k out of range, bad name, ...
     │   ├── LimitExceededError       limit_exceeded       beyond a limit: JSON or filter depth
+    │   ├── PayloadTooLargeError     payload_too_large    metadata or text beyond its byte limit
     │   └── IdempotencyMismatchError idempotency_mismatch an idempotency key reused differently
     ├── NotFoundError                not_found            (HTTP 404)
     │   ├── LibraryNotFoundError     not_found
@@ -148,6 +149,15 @@ class LimitExceededError(ValidationError):
     depth, ...)."""
 
     code = "limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, field: str | None = None) -> None:
+        super().__init__(message, limit=limit, field=field)
+
+
+class PayloadTooLargeError(ValidationError):
+    """An input larger than a byte limit (``limit`` names it: metadata, text); HTTP 413."""
+
+    code = "payload_too_large"
 
     def __init__(self, message: str, *, limit: str, field: str | None = None) -> None:
         super().__init__(message, limit=limit, field=field)

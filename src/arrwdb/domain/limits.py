@@ -53,3 +53,19 @@ EF_SEARCH: Final = Bound("index_params.ef_search", 1, 10_000)
 FILTER_DEPTH: Final = 32
 #: The integers a metadata value may be (what every store can keep: int64 and uint64).
 METADATA_INT: Final = Bound("metadata", -(2**63), 2**64 - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds a server may set lower or higher (``Settings``: ``max_metadata_bytes``, ...).
+    Beyond a byte limit: ``PayloadTooLargeError`` (413); beyond a count: ``LimitExceededError``
+    (422); each names the limit."""
+
+    #: what one metadata object (of a document, a chunk or a library) may take, as UTF-8
+    metadata_bytes: int = 64 * 1024
+    #: what one document's text (``text``, or its chunks' texts together) may take
+    text_bytes: int = 4 * 1024 * 1024
+    #: the longest vectors a library may hold
+    dimension: int = 16_384
+    #: how many libraries a store may hold
+    libraries: int = 10_000

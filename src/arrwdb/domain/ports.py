@@ -163,6 +163,10 @@ class Head(Protocol):
 
     def library_named(self, name: str) -> Library | None: ...
 
+    def library_count(self) -> int:
+        """How many libraries there are."""
+        ...
+
     def document(self, library_id: str, document_id: str) -> Document | None:
         """With its chunks and their embeddings."""
         ...

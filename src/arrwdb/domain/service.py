@@ -49,9 +49,11 @@ from arrwdb.domain.errors import (
     HistoryLostError,
     InvalidArgumentError,
     LaggingError,
+    LimitExceededError,
     StorageError,
 )
 from arrwdb.domain.events import StartPoint, check_event_types
+from arrwdb.domain.limits import Limits
 from arrwdb.domain.models import (
     Document,
     Library,
@@ -94,6 +96,7 @@ class VectorDBService:
         *,
         default_embedder: str = "hashing",
         index_store: IndexStore | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if default_embedder not in embedders:
             raise InvalidArgumentError(f"default embedder {default_embedder!r} is not configured")
@@ -102,7 +105,8 @@ class VectorDBService:
         self._index_store = index_store
         self._embedders = dict(embedders)
         self._default_embedder = default_embedder
-        self._builder = DocumentBuilder(chunker or Chunker(), self._embedders)
+        self._limits = limits or Limits()
+        self._builder = DocumentBuilder(chunker or Chunker(), self._embedders, self._limits)
         self._searcher = Searcher(self._builder, store)
         self._projection = Projection(index_factory)
         self._projector = Projector(self._projection, store, hub, index_store)
@@ -243,18 +247,25 @@ class VectorDBService:
             )
         fixed = self._embedders[embedder_name].dimension
         dim = v.check_dimension(dimension)
+        limits = self._limits
+        if dim is not None and dim > limits.dimension:
+            raise LimitExceededError(
+                f"dimension {dim} is more than the limit of {limits.dimension} (max_dimension)",
+                limit="max_dimension",
+                field="dimension",
+            )
         library = Library(
             id=new_id(),
             name=v.check_name(name),
             description=v.check_text(description or "", "description"),
-            metadata=v.check_metadata(metadata),
+            metadata=v.check_metadata(metadata, max_bytes=limits.metadata_bytes),
             dimension=dim if dim is not None else fixed,
             metric=v.check_metric(metric),
             index=v.check_index_kind(index),  # type: ignore[arg-type]
             index_params=v.check_index_params(index_params),
             embedder=embedder_name,
         )
-        created = self._write(rules.create_library(library)).changes[0]
+        created = self._write(rules.create_library(library, limits.libraries)).changes[0]
         assert isinstance(created, LibraryCreated)
         return created.library  # (a repeated keyed write: the first one's)
 
@@ -284,7 +295,7 @@ class VectorDBService:
         if description is not None:
             fields["description"] = v.check_text(description, "description")
         if metadata is not None:
-            fields["metadata"] = v.check_metadata(metadata)
+            fields["metadata"] = v.check_metadata(metadata, max_bytes=self._limits.metadata_bytes)
         self._known(library_id)
         changes = self._write(rules.update_library(library_id, fields)).changes
         if not changes:  # it changed nothing
@@ -352,7 +363,11 @@ class VectorDBService:
         ``NotFoundError``, ``ValidationError``."""
         library = self.get_library(library_id)
         new_title = None if title is None else v.check_text(title, "title")
-        new_meta = None if metadata is None else v.check_metadata(metadata)
+        new_meta = (
+            None
+            if metadata is None
+            else v.check_metadata(metadata, max_bytes=self._limits.metadata_bytes)
+        )
         if text is None and chunks is None:
             rule = rules.update_fields(library_id, document_id, new_title, new_meta)
             vectors = None

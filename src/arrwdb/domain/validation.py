@@ -16,6 +16,7 @@ from arrwdb.domain.errors import (
     DimensionMismatchError,
     InvalidArgumentError,
     InvalidVectorError,
+    PayloadTooLargeError,
 )
 from arrwdb.domain.limits import (
     DIMENSION,
@@ -87,9 +88,12 @@ def check_text(text: object, field: str) -> str:
     return text
 
 
-def check_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
+def check_metadata(
+    metadata: object, field: str = "metadata", max_bytes: int | None = None
+) -> dict[str, Any]:
     """An object whose values are scalars or lists of scalars (copied, so callers can't mutate
-    what was stored)."""
+    what was stored), of at most ``max_bytes`` (keys and values as UTF-8, 8 per number):
+    ``PayloadTooLargeError`` beyond it."""
     if metadata is None:
         return {}
     if type(metadata) is not dict and not isinstance(metadata, Mapping):
@@ -116,7 +120,42 @@ def check_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
             )
         _check_number(value, f"{field}.{key}")
         out[key] = _plain(value)
+    if max_bytes is not None:
+        size = metadata_bytes(out)
+        if size > max_bytes:
+            raise PayloadTooLargeError(
+                f"{field} takes {size} bytes, more than the limit of {max_bytes} "
+                "(max_metadata_bytes)",
+                limit="max_metadata_bytes",
+                field=field,
+            )
     return out
+
+
+def metadata_bytes(metadata: Mapping[str, Any]) -> int:
+    """About what ``metadata`` (checked) takes: keys and strings as UTF-8, 8 per other value."""
+    size = 0
+    for key, value in metadata.items():
+        size += _utf8_length(key)
+        if isinstance(value, list):
+            size += sum(_utf8_length(x) if isinstance(x, str) else 8 for x in value)
+        else:
+            size += _utf8_length(value) if isinstance(value, str) else 8
+    return size
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def check_text_size(size: int, max_bytes: int, field: str) -> None:
+    """``PayloadTooLargeError`` for a document's text of ``size`` bytes beyond ``max_bytes``."""
+    if size > max_bytes:
+        raise PayloadTooLargeError(
+            f"{field} takes {size} bytes, more than the limit of {max_bytes} (max_text_bytes)",
+            limit="max_text_bytes",
+            field=field,
+        )
 
 
 def _check_number(value: object, field: str) -> None:

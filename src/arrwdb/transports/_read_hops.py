@@ -102,7 +102,7 @@ def _run_reads(batch: list[Read]) -> None:
         else:
             for read, result in zip(searches, results, strict=True):
                 try:
-                    read.finish(search_out(result))
+                    read.finish(search_out(result, read.request.include))
                 except Exception as exc:
                     read.error = exc
             return

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from msgspec import UNSET
+
 from arrwdb.domain.models import (
     Chunk,
     Document,
@@ -70,16 +75,19 @@ def document_out(doc: Document, *, with_chunks: bool = False) -> DocumentOut:
     )
 
 
-def search_out(result: SearchResult) -> SearchOut:
+def search_out(result: SearchResult, include: Sequence[str] | None = None) -> SearchOut:
+    """The wire answer; ``include`` (default text and metadata) names what hits carry."""
+    text = include is None or "text" in include
+    metadata = include is None or "metadata" in include
     return SearchOut(
         results=[
             SearchHitOut(
                 chunk_id=h.chunk_id,
                 document_id=h.document_id,
                 document_title=h.document_title,
-                text=h.text,
+                text=h.text if text else UNSET,
                 score=float(h.score),
-                metadata=dict(h.metadata),
+                metadata=dict(h.metadata) if metadata else UNSET,
                 position=h.position,
                 embedding=None if h.embedding is None else h.embedding.tolist(),
             )
@@ -87,6 +95,17 @@ def search_out(result: SearchResult) -> SearchOut:
         ],
         took_ms=result.took_ms,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Searched:
+    """A search's result and what its hits are to carry (the search action's result)."""
+
+    result: SearchResult
+    include: Sequence[str] | None
+
+    def out(self) -> SearchOut:
+        return search_out(self.result, self.include)
 
 
 # -- wire -> domain -------------------------------------------------------------------------
@@ -115,5 +134,6 @@ def search_query(q: SearchIn) -> SearchQuery:
         k=q.k,
         filter=q.filter,
         ef=q.ef,
-        include_embedding=q.include_embedding,
+        include_embedding=q.include_embedding
+        or (q.include is not None and "embedding" in q.include),
     )

@@ -39,11 +39,11 @@ from arrwdb.domain.models import (
 from arrwdb.domain.service import VectorDBService
 from arrwdb.transports._read_hops import Read, ReadHops
 from arrwdb.transports.convert import (
+    Searched,
     document_out,
     library_out,
     new_chunks,
     new_document,
-    search_out,
     search_query,
 )
 from arrwdb.transports.errors import ShuttingDown
@@ -212,8 +212,8 @@ ACTIONS: dict[str, Action] = {
         Action(
             "search",
             SearchIn,
-            lambda s, lib, r: s.search(_lib(lib), search_query(r)),
-            search_out,
+            lambda s, lib, r: Searched(s.search(_lib(lib), search_query(r)), r.include),
+            Searched.out,
         ),
         Action("ready", None, lambda s, _, __: s.check_ready(), _same, need=Need.ANY),
     )

@@ -4,6 +4,7 @@ responses, NDJSON error lines.
 ::
 
     exception                           HTTP  code
+    domain PayloadTooLargeError           413  payload_too_large (metadata, text bytes)
     domain ValidationError (+ subclasses) 422  its own (dimension_mismatch, invalid_vector,
                                                invalid_filter, invalid_argument)
     msgspec.ValidationError (valid JSON,  422  the domain's for the same mistake
@@ -53,6 +54,7 @@ from arrwdb.domain.errors import (
     InvalidArgumentError,
     LaggingError,
     NotFoundError,
+    PayloadTooLargeError,
     RateLimitedError,
     StorageError,
     SubscriptionClosedError,
@@ -123,6 +125,7 @@ class Fault:
 
 #: Domain error class -> HTTP status (most specific first; codes come from the class).
 _DOMAIN_STATUS: tuple[tuple[type[ArrwdbError], int], ...] = (
+    (PayloadTooLargeError, 413),
     (ValidationError, 422),
     (NotFoundError, 404),
     (AlreadyExistsError, 409),
@@ -182,6 +185,8 @@ def _litestar_validation(exc: ValidationException) -> Fault:
         message = first.get("message") or str(exc.detail)
         if key and first.get("source") in _PARAMETERS:
             return Fault(422, InvalidArgumentError.code, f"{key}: {message}", str(key))
+        if key == "data":  # Litestar's word for a body that is missing
+            return Fault(400, "bad_request", "the request body is empty; send a JSON object")
         if key:
             return Fault(400, "bad_request", f"{key}: {message}", str(key))
         return Fault(400, "bad_request", str(message))

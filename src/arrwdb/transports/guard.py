@@ -186,9 +186,12 @@ class Guard:
             if secret is None and (websocket or path.endswith("/events")):
                 secret = _access_token(scope)
             try:
-                scope[CALLER] = await self._authenticate(secret)
+                scope[CALLER] = caller = await self._authenticate(secret)
             except UnauthorizedError as exc:
+                logger.info("refused %s %s: %s", method, path, exc.message)
                 return Fault(401, exc.code, exc.message)
+            if websocket:
+                logger.info("WebSocket handshake %s: key %s", path, caller.key_id or "none")
         if self._limiter is not None and not path.startswith(HEALTH):
             try:
                 self._limiter.check(client_of(scope))

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from arrwdb.domain import limits
 from arrwdb.domain.errors import LimitExceededError
@@ -212,17 +212,23 @@ class SearchIn(Struct, kw_only=True):
     filter: dict[str, Any] | None = None
     ef: Ef | None = None
     include_embedding: bool = False
+    #: what each hit carries besides its ids, title, score and position (default text and
+    #: metadata; ``embedding`` as ``include_embedding``)
+    include: list[Literal["text", "metadata", "embedding"]] | None = None
     #: answer once this event is applied here (a write made through another server)
     min_event_id: str | int | None = None
 
 
 class SearchHitOut(Struct, kw_only=True, omit_defaults=True):
+    """A hit; ``text`` and ``metadata`` are left out when the search's ``include`` does not
+    name them."""
+
     chunk_id: str
     document_id: str
     document_title: str
-    text: str
+    text: str | UnsetType = UNSET
     score: float
-    metadata: Metadata
+    metadata: Metadata | UnsetType = UNSET
     position: int
     embedding: list[float] | None = None
 

@@ -16,14 +16,15 @@ from typing import Annotated, Any
 import anyio
 from litestar import Router, delete, get, patch, post
 from litestar.datastructures import ResponseHeader
+from litestar.openapi.spec import OpenAPI, OpenAPIResponse
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Response
 
 from arrwdb.domain.access import Caller, Need
-from arrwdb.domain.errors import AlreadyExistsError, InvalidArgumentError
+from arrwdb.domain.errors import AlreadyExistsError, InvalidArgumentError, LimitExceededError
 from arrwdb.domain.limits import PAGE_LIMIT
 from arrwdb.transports._body import WireBody
-from arrwdb.transports.errors import ShuttingDown, classify, problem_response
+from arrwdb.transports.errors import ShuttingDown
 from arrwdb.transports.guard import CallerDep
 from arrwdb.transports.messages import (
     BackupIn,
@@ -164,7 +165,12 @@ async def update_library(
     )
 
 
-@delete(LIBRARY, status_code=204, tags=["libraries"], response_headers=_EVENT_ID)
+@delete(
+    LIBRARY,
+    status_code=204,
+    tags=["libraries"],
+    response_headers=_EVENT_ID,
+)
 async def delete_library(
     runtime: RuntimeDep, caller: CallerDep, library_id: FromPath[str], idempotency_key: _Key = None
 ) -> Response[None]:
@@ -242,7 +248,12 @@ async def update_document(
     )
 
 
-@delete(DOCUMENT, status_code=204, tags=["documents"], response_headers=_EVENT_ID)
+@delete(
+    DOCUMENT,
+    status_code=204,
+    tags=["documents"],
+    response_headers=_EVENT_ID,
+)
 async def delete_document(
     runtime: RuntimeDep,
     caller: CallerDep,
@@ -250,6 +261,7 @@ async def delete_document(
     document_id: FromPath[str],
     idempotency_key: _Key = None,
 ) -> Response[None]:
+    """Delete a document (204)."""
     request = DocumentId(document_id=document_id)
     return await _write(runtime, "delete", library_id, request, 204, idempotency_key, caller=caller)
 
@@ -284,8 +296,9 @@ async def create_backup(
     runtime: RuntimeDep, caller: CallerDep, data: JSONBody[BackupIn]
 ) -> BackupOut:
     """Write a consistent copy of the durable store into a new folder of the server's backup
-    directory while it keeps serving (``arrwdb serve --data-dir <path>`` opens it). 422 for an
-    in-memory store or a bad name, 409 for a name already used."""
+    directory while it keeps serving (``arrwdb serve --data-dir <path>`` opens it); the admin
+    key only. 422 for an in-memory store, a bad name or ``max_backups`` backups already there,
+    409 for a name already used."""
     caller.require(Need.ADMIN)
     now = datetime.now(UTC)
     name = data.name or now.strftime("backup-%Y%m%dT%H%M%S%fZ")
@@ -304,6 +317,14 @@ async def create_backup(
     destination = home / name
     if destination.exists():
         raise AlreadyExistsError(f"a backup named {name!r} already exists", name=name)
+    limit = runtime.settings.max_backups
+    if home.is_dir() and sum(1 for p in home.iterdir() if p.is_dir()) >= limit:
+        raise LimitExceededError(
+            f"the backup directory holds {limit} backups, the limit (max_backups): delete "
+            "old ones first",
+            limit="max_backups",
+            field="name",
+        )
     gate = runtime.dispatcher.gate
     gate.enter()  # refused once the server shuts down
     try:
@@ -323,12 +344,23 @@ async def health(runtime: RuntimeDep) -> Health:
 
 
 @get("/v1/health/ready", tags=["health"])
-async def ready(runtime: RuntimeDep, caller: CallerDep) -> Readiness | Response[bytes]:
+async def ready(runtime: RuntimeDep, caller: CallerDep) -> Readiness:
     """Readiness: the adapters can serve (503 with problem details otherwise)."""
     if runtime.closing:
-        return problem_response(classify(ShuttingDown("the server is shutting down")))
+        raise ShuttingDown("the server is shutting down")
     await runtime.dispatcher.execute("ready", None, caller=caller)
     return Readiness(status="ready")
+
+
+def without_bodies_on_204(document: OpenAPI) -> None:
+    """A 204 answer has no body: Litestar documents a JSON ``null`` for a ``Response[None]``
+    (which a write returns to carry ``Arrwdb-Event-Id``); take it out of the document."""
+    for item in (document.paths or {}).values():
+        for operation in (item.get, item.put, item.post, item.patch, item.delete):
+            responses = getattr(operation, "responses", None) or {}
+            answer = responses.get("204")
+            if isinstance(answer, OpenAPIResponse):
+                answer.content = None
 
 
 def router() -> Router:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -206,6 +207,11 @@ class _Connection:
             logger.debug("closing %s failed", self.connection_id, exc_info=True)
         finally:
             self._finished.set()
+
+    @property
+    def close_code(self) -> int | None:
+        """The code the server closed with (None: the client left first, or still open)."""
+        return self._close_code()
 
     def _close_code(self) -> int | None:
         return self._close[0] if self._close else None
@@ -543,10 +549,12 @@ async def library_socket(
         caller.key_id, lambda: conn.request_close(CLOSE_UNAUTHORIZED, "unauthorized: key revoked")
     )
     total = runtime.connections.add(conn)
+    opened = time.monotonic()
     logger.info(
-        "WebSocket connected: %s (library: %s), total connections: %d",
+        "WebSocket connected: %s (library: %s, key: %s), total connections: %d",
         conn.connection_id,
         library_id,
+        caller.key_id or "none",
         total,
     )
     try:
@@ -556,7 +564,11 @@ async def library_socket(
         runtime.open_streams.close(client)
         remaining = runtime.connections.remove(conn)
         logger.info(
-            "WebSocket disconnected: %s, remaining connections: %d", conn.connection_id, remaining
+            "WebSocket disconnected: %s, close code %s, after %.1f s, remaining connections: %d",
+            conn.connection_id,
+            conn.close_code if conn.close_code is not None else "none (client left)",
+            time.monotonic() - opened,
+            remaining,
         )
 
 

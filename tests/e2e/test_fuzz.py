@@ -1,0 +1,156 @@
+"""Fuzzing: schemathesis against the OpenAPI document (0 server errors, 0 answers outside the
+documented schemas), with and without an admin key, and 10,000 generated WebSocket messages
+(0 closes, 0 server errors)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.sync.client import ClientConnection, connect
+
+from conftest import ErrorLog, create_library, start_server
+
+SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.parametrize("admin_key", [None, "fuzz-admin-key"])
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(
+    admin_key: str | None, error_log: ErrorLog
+) -> None:
+    assert SCHEMATHESIS, "schemathesis is in the dev extra"
+    live = start_server(rate_limit=0, api_key=admin_key)
+    try:
+        headers = [] if admin_key is None else ["-H", f"Authorization: Bearer {admin_key}"]
+        run = subprocess.run(
+            [
+                SCHEMATHESIS,
+                "run",
+                f"{live.url}/schema/openapi.json",
+                *headers,
+                "--checks",
+                "not_a_server_error,response_schema_conformance",
+                "--max-examples",
+                "25",
+                "--seed",
+                "20261202",
+                "--exclude-path-regex",
+                ".*/events$",  # endless streams
+                "--phases",
+                "examples,coverage,fuzzing",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        live.stop()
+    tail = run.stdout[-4000:]
+    assert run.returncode == 0, tail
+    assert "Tested:" in tail  # it ran the operations
+    assert not error_log.records, [r.getMessage() for r in error_log.records]
+
+
+# -- WebSocket ---------------------------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_actions = st.sampled_from(["search", "add", "delete", "get", "subscribe", "unsubscribe", "x", ""])
+_data = st.one_of(
+    _json,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "query_text": st.text(max_size=30),
+            "query_vector": st.lists(st.floats(width=32), max_size=5),
+            "k": st.integers(-5, 2000),
+            "filter": _json,
+            "document_id": st.text(max_size=10),
+            "title": _json,
+            "text": st.text(max_size=50),
+            "chunks": st.lists(
+                st.fixed_dictionaries(
+                    {"text": st.text(max_size=10)},
+                    optional={"embedding": st.lists(st.floats(width=32), max_size=5)},
+                ),
+                max_size=3,
+            ),
+            "metadata": _json,
+            "since": _json,
+            "types": _json,
+        },
+    ),
+)
+_requests = st.fixed_dictionaries(
+    {"type": st.sampled_from(["request", "request", "other"]), "action": _actions},
+    optional={"request_id": _json, "data": _data, "idempotency_key": _json},
+)
+_messages = st.one_of(
+    _requests.map(json.dumps),
+    _json.map(json.dumps),
+    st.text(max_size=60),
+    st.binary(max_size=60).map(lambda b: b.decode("latin-1")),
+)
+
+
+class _Socket:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        assert json.loads(ws.recv(timeout=10))["type"] == "system"
+        self.sent = 0
+
+
+@pytest.fixture(scope="module")
+def fuzzed_socket() -> Iterator[_Socket]:
+    live = start_server(rate_limit=0)
+    try:
+        with httpx.Client(base_url=live.url) as http:
+            library = create_library(http, dimension=4)
+        with connect(f"{live.ws_url}/v1/libraries/{library['id']}/ws", max_size=None) as ws:
+            yield _Socket(ws)
+    finally:
+        live.stop()
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(batch=st.lists(_messages, min_size=100, max_size=100))
+def test_fuzzed_websocket_messages_never_close_the_socket(
+    fuzzed_socket: _Socket, error_log: ErrorLog, batch: list[str]
+) -> None:
+    ws = fuzzed_socket.ws
+    for message in batch:
+        ws.send(message)
+    fuzzed_socket.sent += len(batch)
+    # a ping after the batch: its answer comes once every message before it was handled
+    ws.send(json.dumps({"type": "request", "action": "get", "request_id": "ping", "data": {}}))
+    while True:
+        answer = json.loads(ws.recv(timeout=30))
+        assert answer.get("code") != "internal_error", answer
+        if answer.get("request_id") == "ping":
+            break
+    assert ws.close_code is None
+    assert not error_log.records, [r.getMessage() for r in error_log.records]
+
+
+def test_ten_thousand_fuzzed_messages_were_sent(fuzzed_socket: _Socket) -> None:
+    """(Runs after the fuzzer, in file order.)"""
+    assert fuzzed_socket.sent >= 10_000
+    assert fuzzed_socket.ws.close_code is None
