@@ -103,11 +103,11 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def wait_ready(self, timeout: float = 60.0) -> float:
-        """Seconds until ``/v1/health/ready`` answered 200."""
+    def wait_ready(self, timeout: float = 60.0, headers: Mapping[str, str] | None = None) -> float:
+        """Seconds until ``/v1/health/ready`` answered 200 (with ``headers``: an API key)."""
         start = time.perf_counter()
         deadline = start + timeout
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
+        with httpx.Client(base_url=self.url, timeout=2.0, headers=headers) as client:
             while True:
                 if self.proc.poll() is not None:
                     code = self.proc.returncode

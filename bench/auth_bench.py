@@ -63,7 +63,7 @@ def run(args: Any) -> dict[str, Any]:
     open_server = ServerProcess(env={"ARRWDB_RATE_LIMIT": "0"})
     result: dict[str, Any] = {"params": vars(args) | {"out": None}, "machine": machine()}
     try:
-        keyed_server.wait_ready()
+        keyed_server.wait_ready(headers=admin)
         open_server.wait_ready()
         with (
             httpx.Client(base_url=keyed_server.url, timeout=60) as keyed_admin,

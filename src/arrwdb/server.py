@@ -40,7 +40,7 @@ from arrwdb.container import Container, build_container
 from arrwdb.domain.errors import ArrwdbError
 from arrwdb.transports import keys, metrics, rest, sse, streaming, ws
 from arrwdb.transports.errors import EXCEPTION_HANDLERS
-from arrwdb.transports.guard import Guard, is_loopback, provide_caller
+from arrwdb.transports.guard import Guard, is_loopback, redact_access_log
 from arrwdb.transports.metrics import Metrics
 from arrwdb.transports.runtime import Runtime
 
@@ -114,7 +114,6 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         middleware=[measured.middleware, guard.middleware],
         dependencies={
             "runtime": Provide(lambda: runtime, sync_to_thread=False),
-            "caller": Provide(provide_caller, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
@@ -173,7 +172,9 @@ class Server(uvicorn.Server):
 def uvicorn_config(app: Litestar | str, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """uvicorn settings for arrwDB. A WebSocket message above ``max_ws_message_bytes`` gets an
     error response; one above twice that is refused by the protocol (close 1009).
-    Per-message compression is off: it would cost CPU per subscriber, not per event."""
+    Per-message compression is off: it would cost CPU per subscriber, not per event. Keys
+    given as ``?access_token=`` are hidden in the access log."""
+    redact_access_log()
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -184,6 +185,8 @@ def uvicorn_config(app: Litestar | str, settings: Settings, **overrides: Any) ->
         # messages read from the socket but not yet by the connection: few, as each may be big
         "ws_max_queue": 4,
         "ws_per_message_deflate": False,
+        # connections (and requests in progress) at once; beyond it uvicorn answers 503
+        "limit_concurrency": settings.max_connections or None,
         "timeout_graceful_shutdown": settings.shutdown_timeout + 5.0,
     }
     options.update(overrides)

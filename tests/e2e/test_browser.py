@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,10 +20,11 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "websocket
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
-def test_seed_javascript_example_runs_in_a_browser(
-    server: BackgroundServer, tmp_path: Path
-) -> None:
+def test_seed_javascript_example_runs_in_a_browser(make_server: Any, tmp_path: Path) -> None:
+    """The protocol's JavaScript example, unchanged, from a page opened as a file: such pages
+    send ``Origin: null``, which the server takes only when told to (``cors_origins``)."""
     assert CHROMIUM is not None
+    server: BackgroundServer = make_server(cors_origins=("null",))
     with httpx.Client(base_url=server.url) as http:
         lib = create_library(http)["id"]
         http.post(f"/v1/libraries/{lib}/documents", json={"title": "AI", "text": "AI is here."})

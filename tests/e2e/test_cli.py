@@ -187,10 +187,13 @@ def test_an_exposed_server_needs_a_key_or_allow_anonymous(tmp_path: Path) -> Non
             assert libraries.status_code == (401 if "--api-key-file" in extra else 200)
             keyed = httpx.get(f"{url}/v1/libraries", headers={"Authorization": "Bearer nope"})
             assert keyed.status_code == (401 if "--api-key-file" in extra else 200)
+            in_url = httpx.get(f"{url}/v1/libraries?access_token=s3cret-admin-key")
+            assert in_url.status_code in (200, 401)
         finally:
             proc.send_signal(signal.SIGINT)
             log, _ = proc.communicate(timeout=20)
         assert "s3cret-admin-key" not in log  # the key never appears in the log
+        assert "access_token=***" in log  # (the access log shows the request, key hidden)
 
 
 def test_an_unreachable_database_fails_start_with_the_reason(tmp_path: Path) -> None:

@@ -147,6 +147,25 @@ async def test_ingest_answers_each_line_before_the_next_is_sent(server: Backgrou
             assert (await raw.read_line())["summary"]["added"] == 2
 
 
+async def test_shutdown_ends_an_idle_ingest_stream_with_its_summary(make_server: Any) -> None:
+    live: BackgroundServer = make_server(shutdown_timeout=5.0)
+    lib = await alibrary_id(live)
+    async with await anyio.connect_tcp("127.0.0.1", live.port) as stream:
+        raw = RawHTTP(stream)
+        await raw.start(f"/v1/libraries/{lib}/documents/stream", "application/x-ndjson")
+        await raw.send_chunk(doc_line("only"))
+        with anyio.fail_after(5):
+            assert await raw.read_head() == 200
+            assert (await raw.read_line())["success"] is True
+        started = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, live.stop)  # the client sends nothing more
+            with anyio.fail_after(4):
+                summary = await raw.read_line()
+        assert summary["summary"]["added"] == 1
+        assert anyio.current_time() - started < 4.5  # within the drain timeout
+
+
 def test_fast_bulk_ingest_batches_and_isolates_bad_documents(make_server: Any) -> None:
     live = make_server(ndjson_batch=64)
     with httpx.Client(base_url=live.url, timeout=60) as http:

@@ -24,14 +24,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import anyio
-from litestar import Request
-from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Receive, Send
 
 from arrwdb.domain.access import ANYONE, Caller, KeyRing
@@ -279,10 +278,24 @@ async def _refuse(scope: Any, receive: Receive, send: Any, fault: Fault) -> None
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def provide_caller(request: Request[Any, Any, Any]) -> Caller:
-    """The ``caller`` dependency of HTTP handlers."""
-    return caller_of(request.scope)
+_TOKEN = re.compile(r"(access_token=)[^&\s]*")
 
 
-#: How handlers receive the caller (``Provide``d by the app factory as ``caller``).
-CallerDep: TypeAlias = NamedDependency[Caller]
+class RedactTokens(logging.Filter):
+    """Hides ``access_token=`` values in logged request lines (uvicorn's access log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(a, str) and "access_token=" in a for a in record.args
+        ):
+            record.args = tuple(
+                _TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def redact_access_log() -> None:
+    """Install :class:`RedactTokens` on uvicorn's access logger (once)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())

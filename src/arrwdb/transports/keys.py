@@ -4,15 +4,17 @@ opened with it are closed)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
-from litestar import Router, delete, get, post
+from litestar import Request, Router, delete, get, post
 from litestar.params import FromPath, JSONBody
 
 from arrwdb.domain.access import Need
 from arrwdb.domain.errors import NotFoundError
 from arrwdb.domain.models import ApiKey, format_timestamp
 from arrwdb.transports._body import WireBody
-from arrwdb.transports.guard import CallerDep
+from arrwdb.transports.guard import caller_of
 from arrwdb.transports.messages import KeyIn, KeyList, KeyOut
 from arrwdb.transports.runtime import RuntimeDep
 
@@ -29,9 +31,12 @@ def key_out(key: ApiKey, secret: str | None = None) -> KeyOut:
 
 
 @post("/v1/keys", status_code=201, tags=["keys"])
-async def create_key(runtime: RuntimeDep, caller: CallerDep, data: JSONBody[KeyIn]) -> KeyOut:
+async def create_key(
+    runtime: RuntimeDep, request: Request[Any, Any, Any], data: JSONBody[KeyIn]
+) -> KeyOut:
     """A new API key (admin key only): ``read`` or ``write`` access to the libraries named, or
     to every library (``["*"]``). The answer is the only place its secret ``key`` appears."""
+    caller = caller_of(request.scope)
     caller.require(Need.ADMIN)
     service = runtime.service
 
@@ -49,16 +54,20 @@ async def create_key(runtime: RuntimeDep, caller: CallerDep, data: JSONBody[KeyI
 
 
 @get("/v1/keys", tags=["keys"])
-async def list_keys(runtime: RuntimeDep, caller: CallerDep) -> KeyList:
+async def list_keys(runtime: RuntimeDep, request: Request[Any, Any, Any]) -> KeyList:
     """Every API key that is not revoked, oldest first, without secrets (admin key only)."""
+    caller = caller_of(request.scope)
     caller.require(Need.ADMIN)
     keys = await anyio.to_thread.run_sync(runtime.keys.all)
     return KeyList(keys=[key_out(k) for k in keys])
 
 
 @delete("/v1/keys/{key_id:str}", status_code=204, tags=["keys"])
-async def revoke_key(runtime: RuntimeDep, caller: CallerDep, key_id: FromPath[str]) -> None:
+async def revoke_key(
+    runtime: RuntimeDep, request: Request[Any, Any, Any], key_id: FromPath[str]
+) -> None:
     """Revoke a key (204): refused from now on; its open streams and sockets are closed."""
+    caller = caller_of(request.scope)
     caller.require(Need.ADMIN)
     await anyio.to_thread.run_sync(runtime.keys.revoke, key_id)
 

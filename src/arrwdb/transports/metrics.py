@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from litestar import Response, Router, get
+from litestar import Request, Response, Router, get
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -35,7 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from arrwdb.domain.access import Need
-from arrwdb.transports.guard import CallerDep
+from arrwdb.transports.guard import caller_of
 from arrwdb.transports.runtime import Runtime, RuntimeDep
 
 logger = logging.getLogger("arrwdb.metrics")
@@ -170,8 +170,9 @@ def _bound(le: float) -> str:
 
 
 @get("/metrics", tags=["metrics"], include_in_schema=False)
-async def metrics(runtime: RuntimeDep, caller: CallerDep) -> Response[bytes]:
+async def metrics(runtime: RuntimeDep, request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text: the admin key, or a key for every library."""
+    caller = caller_of(request.scope)
     caller.require(Need.EVERY_LIBRARY)
     exposition = runtime.metrics_exposition
     assert exposition is not None, "the app has no metrics"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from litestar import Router, delete, get, patch, post
+from litestar import Request, Router, delete, get, patch, post
 from litestar.datastructures import ResponseHeader
 from litestar.openapi.spec import OpenAPI, OpenAPIResponse
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
@@ -25,7 +25,7 @@ from arrwdb.domain.errors import AlreadyExistsError, InvalidArgumentError, Limit
 from arrwdb.domain.limits import PAGE_LIMIT
 from arrwdb.transports._body import WireBody
 from arrwdb.transports.errors import ShuttingDown
-from arrwdb.transports.guard import CallerDep
+from arrwdb.transports.guard import caller_of
 from arrwdb.transports.messages import (
     BackupIn,
     BackupOut,
@@ -119,19 +119,21 @@ async def _write(
 @post("/v1/libraries", status_code=201, tags=["libraries"], response_headers=_EVENT_ID)
 async def create_library(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    request: Request[Any, Any, Any],
     data: JSONBody[LibraryCreate],
     idempotency_key: _Key = None,
 ) -> Response[LibraryOut]:
     """Create a library (201). A taken name is a 409."""
+    caller = caller_of(request.scope)
     return await _write(runtime, "create_library", None, data, 201, idempotency_key, caller=caller)
 
 
 @get("/v1/libraries", tags=["libraries"])
 async def list_libraries(
-    runtime: RuntimeDep, caller: CallerDep, min_event_id: _MinEventId = None
+    runtime: RuntimeDep, request: Request[Any, Any, Any], min_event_id: _MinEventId = None
 ) -> LibraryList:
     """Every library, in creation order."""
+    caller = caller_of(request.scope)
     out: LibraryList = await runtime.dispatcher.execute(
         "list_libraries", None, caller=caller, min_event_id=min_event_id
     )
@@ -141,10 +143,11 @@ async def list_libraries(
 @get(LIBRARY, tags=["libraries"])
 async def get_library(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    request: Request[Any, Any, Any],
     library_id: FromPath[str],
     min_event_id: _MinEventId = None,
 ) -> LibraryOut:
+    caller = caller_of(request.scope)
     out: LibraryOut = await runtime.dispatcher.execute(
         "get_library", library_id, caller=caller, min_event_id=min_event_id
     )
@@ -154,12 +157,13 @@ async def get_library(
 @patch(LIBRARY, tags=["libraries"], response_headers=_EVENT_ID)
 async def update_library(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    request: Request[Any, Any, Any],
     library_id: FromPath[str],
     data: JSONBody[LibraryUpdate],
     idempotency_key: _Key = None,
 ) -> Response[LibraryOut]:
     """Change the name, description or metadata; fields left out stay as they are."""
+    caller = caller_of(request.scope)
     return await _write(
         runtime, "update_library", library_id, data, key=idempotency_key, caller=caller
     )
@@ -172,9 +176,13 @@ async def update_library(
     response_headers=_EVENT_ID,
 )
 async def delete_library(
-    runtime: RuntimeDep, caller: CallerDep, library_id: FromPath[str], idempotency_key: _Key = None
+    runtime: RuntimeDep,
+    request: Request[Any, Any, Any],
+    library_id: FromPath[str],
+    idempotency_key: _Key = None,
 ) -> Response[None]:
     """Delete a library with all of its documents (204)."""
+    caller = caller_of(request.scope)
     return await _write(
         runtime, "delete_library", library_id, status=204, key=idempotency_key, caller=caller
     )
@@ -186,25 +194,27 @@ async def delete_library(
 @post(LIBRARY + "/documents", status_code=201, tags=["documents"], response_headers=_EVENT_ID)
 async def add_documents(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    request: Request[Any, Any, Any],
     library_id: FromPath[str],
     data: JSONBody[DocumentsIn],
     idempotency_key: _Key = None,
 ) -> Response[DocumentOut | list[DocumentOut]]:
     """Add a document (``text`` or ``chunks``), or a list of them in one commit (201)."""
+    caller = caller_of(request.scope)
     return await _write(runtime, "add", library_id, data, 201, idempotency_key, caller=caller)
 
 
 @get(LIBRARY + "/documents", tags=["documents"])
 async def list_documents(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    request: Request[Any, Any, Any],
     library_id: FromPath[str],
     limit: Annotated[int, _PAGE_LIMIT] = 100,
     cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of a page.")] = None,
     min_event_id: _MinEventId = None,
 ) -> DocumentPage:
     """Documents in insertion order, without chunks; follow ``next_cursor`` for more."""
+    caller = caller_of(request.scope)
     out: DocumentPage = await runtime.dispatcher.execute(
         "list_documents",
         library_id,
@@ -218,33 +228,35 @@ async def list_documents(
 @get(DOCUMENT, tags=["documents"])
 async def get_document(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    request: Request[Any, Any, Any],
     library_id: FromPath[str],
     document_id: FromPath[str],
     include_embedding: Annotated[bool, QueryParameter(description="With embeddings.")] = False,
     min_event_id: _MinEventId = None,
 ) -> DocumentOut:
     """A document with its chunks."""
-    request = DocumentGet(
+    caller = caller_of(request.scope)
+    wanted = DocumentGet(
         document_id=document_id, include_embedding=include_embedding, min_event_id=min_event_id
     )
-    out: DocumentOut = await runtime.dispatcher.execute("get", library_id, request, caller=caller)
+    out: DocumentOut = await runtime.dispatcher.execute("get", library_id, wanted, caller=caller)
     return out
 
 
 @patch(DOCUMENT, tags=["documents"], response_headers=_EVENT_ID)
 async def update_document(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    request: Request[Any, Any, Any],
     library_id: FromPath[str],
     document_id: FromPath[str],
     data: JSONBody[DocumentPatch],
     idempotency_key: _Key = None,
 ) -> Response[DocumentOut]:
     """Change title/metadata, or replace the content with ``text`` or ``chunks``."""
-    request = DocumentUpdate(document_id=document_id, patch=data)
+    caller = caller_of(request.scope)
+    update = DocumentUpdate(document_id=document_id, patch=data)
     return await _write(
-        runtime, "update_document", library_id, request, key=idempotency_key, caller=caller
+        runtime, "update_document", library_id, update, key=idempotency_key, caller=caller
     )
 
 
@@ -256,14 +268,15 @@ async def update_document(
 )
 async def delete_document(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    request: Request[Any, Any, Any],
     library_id: FromPath[str],
     document_id: FromPath[str],
     idempotency_key: _Key = None,
 ) -> Response[None]:
     """Delete a document (204)."""
-    request = DocumentId(document_id=document_id)
-    return await _write(runtime, "delete", library_id, request, 204, idempotency_key, caller=caller)
+    caller = caller_of(request.scope)
+    target = DocumentId(document_id=document_id)
+    return await _write(runtime, "delete", library_id, target, 204, idempotency_key, caller=caller)
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -271,9 +284,13 @@ async def delete_document(
 
 @post(LIBRARY + "/search", status_code=200, tags=["search"])
 async def search(
-    runtime: RuntimeDep, caller: CallerDep, library_id: FromPath[str], data: JSONBody[SearchIn]
+    runtime: RuntimeDep,
+    request: Request[Any, Any, Any],
+    library_id: FromPath[str],
+    data: JSONBody[SearchIn],
 ) -> SearchOut:
     """The ``k`` best chunks (matching ``filter``), best first."""
+    caller = caller_of(request.scope)
     out: SearchOut = await runtime.dispatcher.execute("search", library_id, data, caller=caller)
     return out
 
@@ -293,12 +310,13 @@ def backup_dir(runtime: RuntimeDep) -> Path | None:
 
 @post("/v1/backups", status_code=201, tags=["backups"])
 async def create_backup(
-    runtime: RuntimeDep, caller: CallerDep, data: JSONBody[BackupIn]
+    runtime: RuntimeDep, request: Request[Any, Any, Any], data: JSONBody[BackupIn]
 ) -> BackupOut:
     """Write a consistent copy of the durable store into a new folder of the server's backup
     directory while it keeps serving (``arrwdb serve --data-dir <path>`` opens it); the admin
     key only. 422 for an in-memory store, a bad name or ``max_backups`` backups already there,
     409 for a name already used."""
+    caller = caller_of(request.scope)
     caller.require(Need.ADMIN)
     now = datetime.now(UTC)
     name = data.name or now.strftime("backup-%Y%m%dT%H%M%S%fZ")
@@ -344,8 +362,9 @@ async def health(runtime: RuntimeDep) -> Health:
 
 
 @get("/v1/health/ready", tags=["health"])
-async def ready(runtime: RuntimeDep, caller: CallerDep) -> Readiness:
+async def ready(runtime: RuntimeDep, request: Request[Any, Any, Any]) -> Readiness:
     """Readiness: the adapters can serve (503 with problem details otherwise)."""
+    caller = caller_of(request.scope)
     if runtime.closing:
         raise ShuttingDown("the server is shutting down")
     await runtime.dispatcher.execute("ready", None, caller=caller)

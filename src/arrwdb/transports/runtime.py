@@ -290,6 +290,12 @@ class FanOut:
                 self.discard(member)
 
 
+class LineStream(Protocol):
+    """An NDJSON stream as the drain sees it."""
+
+    def stop_reading(self) -> None: ...
+
+
 class Connection(Protocol):
     """What the registry needs of a WebSocket connection."""
 
@@ -398,6 +404,8 @@ class Runtime:
         self.connections = ConnectionRegistry()
         #: the open SSE streams' subscriptions, and the library of each (None: every library)
         self.streams: dict[Subscription, str | None] = {}
+        #: the NDJSON streams being answered (told to stop reading at shutdown)
+        self.line_streams: set[LineStream] = set()
         self.closing = False
         self._service: VectorDBService | None = None
         self._keys: KeyRing | None = None
@@ -498,6 +506,8 @@ class Runtime:
         )
         for sub in streams:
             sub.close()  # the SSE generator sees the end of its stream and returns
+        for line_stream in list(self.line_streams):
+            line_stream.stop_reading()  # answers what it has read, then its summary
         with anyio.move_on_after(timeout) as scope:
             async with anyio.create_task_group() as tg:
                 for conn in connections:

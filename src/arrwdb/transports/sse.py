@@ -39,7 +39,7 @@ from arrwdb.domain.errors import RateLimitedError, SlowConsumerError, Subscripti
 from arrwdb.domain.events import STREAM_CLOSED, Event
 from arrwdb.domain.ports import Subscription
 from arrwdb.transports.errors import ShuttingDown
-from arrwdb.transports.guard import CallerDep, client_of
+from arrwdb.transports.guard import caller_of, client_of
 from arrwdb.transports.messages import encoder
 from arrwdb.transports.runtime import Runtime, RuntimeDep, envelope, sse_message
 
@@ -69,13 +69,13 @@ LastEventId = Annotated[
 async def library_events(
     request: Request[Any, Any, Any],
     runtime: RuntimeDep,
-    caller: CallerDep,
     library_id: FromPath[str],
     since: Since = None,
     types: Types = None,
     last_event_id: LastEventId = None,
 ) -> ASGIApp:
     """Server-Sent Events: the change stream of one library (`text/event-stream`)."""
+    caller = caller_of(request.scope)
     return _open(
         runtime, client_of(request.scope), caller, library_id, last_event_id or since, types
     )
@@ -85,13 +85,13 @@ async def library_events(
 async def all_events(
     request: Request[Any, Any, Any],
     runtime: RuntimeDep,
-    caller: CallerDep,
     since: Since = None,
     types: Types = None,
     last_event_id: LastEventId = None,
 ) -> ASGIApp:
     """Server-Sent Events: the change stream of every library (`text/event-stream`); with
     an API key, of the libraries it may read."""
+    caller = caller_of(request.scope)
     return _open(runtime, client_of(request.scope), caller, None, last_event_id or since, types)
 
 

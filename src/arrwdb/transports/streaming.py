@@ -45,7 +45,7 @@ from arrwdb.transports.errors import (
     UnsupportedMediaType,
     classify,
 )
-from arrwdb.transports.guard import CallerDep
+from arrwdb.transports.guard import caller_of
 from arrwdb.transports.messages import (
     DocumentIn,
     DocumentOut,
@@ -98,6 +98,7 @@ class _LineStream:
         self._summary = summary
         self._max_line = runtime.settings.max_body_bytes
         self._batch = max(1, runtime.settings.ndjson_batch)
+        self._reading = anyio.CancelScope()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -113,6 +114,25 @@ class _LineStream:
             }
         )
         lines_in, lines_out = anyio.create_memory_object_stream[_Line](self._batch * 2)
+        self.runtime.line_streams.add(self)
+        try:
+            await self._stream(receive, send, started, lines_in, lines_out)
+        finally:
+            self.runtime.line_streams.discard(self)
+
+    def stop_reading(self) -> None:
+        """At shutdown: read no more lines; those read are answered and the stream ends with
+        its summary."""
+        self._reading.cancel()
+
+    async def _stream(
+        self,
+        receive: Receive,
+        send: Send,
+        started: float,
+        lines_in: MemoryObjectSendStream[_Line],
+        lines_out: MemoryObjectReceiveStream[_Line],
+    ) -> None:
         received = added = 0
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._read_body, receive, lines_in)
@@ -175,7 +195,10 @@ class _LineStream:
 
     async def _read_body(self, receive: Receive, lines: MemoryObjectSendStream[_Line]) -> None:
         # the processor stopped reading lines (shutdown): nothing more to do
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        with (
+            self._reading,
+            contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError),
+        ):
             await self._split_lines(receive, lines)
 
     async def _split_lines(self, receive: Receive, lines: MemoryObjectSendStream[_Line]) -> None:
@@ -363,10 +386,10 @@ def _ndjson_body(item: str) -> type[Operation]:
 async def ingest(
     request: Request[Any, Any, Any],
     runtime: RuntimeDep,
-    caller: CallerDep,
     library_id: FromPath[str],
 ) -> ASGIApp:
     """NDJSON ingest: `{"line": n, "success": ...}` per line, then `{"summary": {...}}`."""
+    caller = caller_of(request.scope)
     await _open(request, runtime, library_id, caller, write=True)
     return _LineStream(runtime, library_id, caller, _ingest, summary=True)
 
@@ -381,10 +404,10 @@ async def ingest(
 async def search_stream(
     request: Request[Any, Any, Any],
     runtime: RuntimeDep,
-    caller: CallerDep,
     library_id: FromPath[str],
 ) -> ASGIApp:
     """NDJSON batch search: one search response (with `"line": n`) per line, in order."""
+    caller = caller_of(request.scope)
     await _open(request, runtime, library_id, caller, write=False)
     return _LineStream(runtime, library_id, caller, _search, summary=False)
 

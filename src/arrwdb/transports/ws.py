@@ -38,7 +38,7 @@ from typing import Any
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
-from litestar import Router, WebSocket, get, websocket
+from litestar import Request, Router, WebSocket, get, websocket
 from litestar.params import FromPath
 from msgspec import UNSET, UnsetType
 
@@ -67,7 +67,6 @@ from arrwdb.transports.guard import (
     CLOSE_FORBIDDEN,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHORIZED,
-    CallerDep,
     caller_of,
     client_of,
 )
@@ -94,6 +93,11 @@ def _reason(text: str) -> str:
 #: What the outbound queue holds: a frame, and the id of the event it carries (None for
 #: responses and the welcome).
 _Frame = tuple[str, str | None]
+
+
+def _utf8(text: str) -> int:
+    """What ``text`` takes as UTF-8 (the limit is in bytes, as the client sent them)."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _weigh(item: _Frame) -> int:
@@ -249,7 +253,11 @@ class _Connection:
                 _error(None, exc.code, exc.message, data={"retry_after": exc.retry_after})
             )
             return
-        if len(data) > self._max_message:
+        if len(data) > self._max_message or (
+            isinstance(data, str)
+            and len(data) * 4 > self._max_message
+            and _utf8(data) > self._max_message
+        ):
             limit = self._max_message
             await self._send(_error(None, "payload_too_large", f"message exceeds {limit} bytes"))
             return
@@ -573,9 +581,10 @@ async def library_socket(
 
 
 @get("/v1/websockets/stats", tags=["websockets"])
-async def websocket_stats(runtime: RuntimeDep, caller: CallerDep) -> WebSocketStats:
+async def websocket_stats(runtime: RuntimeDep, request: Request[Any, Any, Any]) -> WebSocketStats:
     """Open WebSocket connections, and subscriptions per library; with an API key, of the
     libraries it may read. Also the open SSE streams (``sse_streams``)."""
+    caller = caller_of(request.scope)
     return runtime.stats(caller.may_read)
 
 
