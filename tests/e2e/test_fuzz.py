@@ -24,7 +24,7 @@ SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent
 
 @pytest.mark.parametrize("admin_key", [None, "fuzz-admin-key"])
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    admin_key: str | None, error_log: ErrorLog
+    admin_key: str | None, error_log: ErrorLog, tmp_path: Path
 ) -> None:
     assert SCHEMATHESIS, "schemathesis is in the dev extra"
     live = start_server(rate_limit=0, api_key=admin_key)
@@ -50,6 +50,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             capture_output=True,
             text=True,
             timeout=600,
+            cwd=tmp_path,  # its cache goes there
         )
     finally:
         live.stop()

@@ -282,3 +282,48 @@ def test_hits_carry_only_what_include_names(http: httpx.Client) -> None:
     assert "text" not in vectors
     bad = http.post(url, json=query | {"include": ["everything"]}).json()
     assert (bad["status"], bad["field"]) == (422, "include[0]")
+
+
+def test_the_websocket_size_limit_counts_bytes(make_server: Any) -> None:
+    """A message of 3-byte characters under the limit in characters but over it in bytes."""
+    live = make_server(max_ws_message_bytes=3000)
+    with httpx.Client(base_url=live.url) as http:
+        lib = create_library(http)["id"]
+    with ws_client.connect(f"{live.ws_url}/v1/libraries/{lib}/ws") as ws:
+        json.loads(ws.recv())
+        text = "€" * 1500  # 1,500 characters, 4,500 bytes
+        ws.send(
+            json.dumps(
+                {
+                    "type": "request",
+                    "action": "search",
+                    "request_id": 1,
+                    "data": {"query_text": text},
+                },
+                ensure_ascii=False,
+            )
+        )
+        answer = json.loads(ws.recv())
+        assert answer["code"] == "payload_too_large"
+        ws.send(
+            json.dumps(
+                {
+                    "type": "request",
+                    "action": "search",
+                    "request_id": 2,
+                    "data": {"query_text": "€"},
+                },
+                ensure_ascii=False,
+            )
+        )
+        assert json.loads(ws.recv())["success"] is True  # the socket stays open
+
+
+def test_messages_name_what_is_wrong(http: httpx.Client, library: dict[str, Any]) -> None:
+    empty = http.post("/v1/libraries", content=b"", headers={"content-type": "application/json"})
+    assert empty.status_code == 400
+    assert "empty" in empty.json()["detail"]
+    doc = {"id": "same", "title": "t", "chunks": [{"text": "a", "embedding": [1.0, 0.0]}]}
+    twice = http.post(f"/v1/libraries/{library['id']}/documents", json=[doc, doc]).json()
+    assert twice["status"] == 409
+    assert "'same' is given twice" in twice["detail"]
