@@ -58,6 +58,7 @@ class Settings:
     rate_burst: float | None = None
     max_streams_per_client: int = 1_000
     max_connections: int = 8_192
+    header_timeout: float = 10.0
     # limits of what is stored
     max_metadata_bytes: int = 64 * 1024
     max_text_bytes: int = 4 * 1024 * 1024

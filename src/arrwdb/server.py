@@ -35,6 +35,7 @@ from litestar.openapi.plugins import (
     SwaggerRenderPlugin,
 )
 
+from arrwdb._http_protocol import with_header_timeout
 from arrwdb.config import Settings
 from arrwdb.container import Container, build_container
 from arrwdb.domain.errors import ArrwdbError
@@ -185,6 +186,7 @@ def uvicorn_config(app: Litestar | str, settings: Settings, **overrides: Any) ->
         # messages read from the socket but not yet by the connection: few, as each may be big
         "ws_max_queue": 4,
         "ws_per_message_deflate": False,
+        "http": with_header_timeout(settings.header_timeout),
         # connections (and requests in progress) at once; beyond it uvicorn answers 503
         "limit_concurrency": settings.max_connections or None,
         "timeout_graceful_shutdown": settings.shutdown_timeout + 5.0,

@@ -373,6 +373,75 @@ async def response(ws: websockets.ClientConnection) -> dict[str, Any]:
     return message
 
 
+def _keys_of_every_kind(admin: httpx.Client, a: str, b: str) -> dict[str, str | None]:
+    ids = {"a": [a], "ab": [a, b], "*": ["*"]}
+    keys: dict[str, str | None] = {
+        kind: make_key(admin, ids[spec[0]], spec[1])
+        for kind, spec in KINDS.items()
+        if spec and spec[0] != "admin"
+    }
+    revoked = admin.post("/v1/keys", json={"name": "r", "libraries": ["*"], "access": "write"})
+    assert admin.delete(f"/v1/keys/{revoked.json()['id']}").status_code == 204
+    return keys | {
+        "admin": ADMIN_KEY,
+        "revoked": revoked.json()["key"],
+        "missing": None,
+        "wrong": "arrwdb_nope",
+    }
+
+
+async def test_every_websocket_action_and_sse_stream_with_every_key(
+    secured: BackgroundServer, admin: httpx.Client
+) -> None:
+    a, b = new_library(admin), new_library(admin)
+    keys = _keys_of_every_kind(admin, a, b)
+    actions = {  # action -> (what it needs, its data)
+        "search": ("read", lambda lib: SEARCH),
+        "get": ("read", lambda lib: {"document_id": new_document(admin, lib)}),
+        "subscribe": ("read", lambda lib: {}),
+        "unsubscribe": ("read", lambda lib: {}),
+        "add": ("write", lambda lib: DOC),
+        "delete": ("write", lambda lib: {"document_id": new_document(admin, lib)}),
+    }
+    checked = refused = 0
+    async with httpx.AsyncClient(base_url=secured.url, timeout=10) as http:
+        for kind, key in keys.items():
+            spec = KINDS.get(kind)
+            for side, lib in (("a", a), ("b", b)):
+                url = f"{secured.ws_url}/v1/libraries/{lib}/ws"
+                async with websockets.connect(url, additional_headers=bearer(key)) as ws:
+                    if spec is None or not allowed(spec, "read", side):
+                        with pytest.raises(websockets.ConnectionClosed):
+                            await recv(ws)
+                        assert ws.close_code == (4401 if spec is None else 4403), (kind, side)
+                        checked += 1
+                        refused += 1
+                        continue
+                    assert (await recv(ws))["type"] == "system"
+                    for n, (action, (need, data)) in enumerate(actions.items()):
+                        await ws.send(request(action, f"{kind}-{n}", data(lib)))
+                        answer = await response(ws)
+                        checked += 1
+                        if allowed(spec, need, side):
+                            assert answer["success"] is True, (kind, side, action, answer)
+                        else:
+                            assert answer["code"] == "forbidden", (kind, side, action, answer)
+                            refused += 1
+                    assert ws.close_code is None  # refusals leave the socket open
+                for path in (f"/v1/libraries/{lib}/events", "/v1/events"):
+                    r = await http.get(path, headers=bearer(key), params={"since": "x"})
+                    checked += 1
+                    if spec is None:
+                        assert r.status_code == 401, (kind, path)
+                    elif path == "/v1/events" or allowed(spec, "read", side):
+                        assert r.status_code == 422, (kind, path)  # past the guard: bad since
+                    else:
+                        assert r.status_code == 403, (kind, path)
+                        refused += 1
+    print(f"{checked} WebSocket and SSE checks, {refused} refusals")
+    assert refused > 10  # (18 with the tables above)
+
+
 async def test_revoking_a_key_closes_its_streams_within_a_second(
     secured: BackgroundServer, admin: httpx.Client
 ) -> None:

@@ -327,3 +327,42 @@ def test_messages_name_what_is_wrong(http: httpx.Client, library: dict[str, Any]
     twice = http.post(f"/v1/libraries/{library['id']}/documents", json=[doc, doc]).json()
     assert twice["status"] == 409
     assert "'same' is given twice" in twice["detail"]
+
+
+def test_a_client_sending_headers_slowly_is_cut(make_server: Any) -> None:
+    live = make_server(header_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", live.port)) as sock:
+        sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no end of headers
+        sock.settimeout(5)
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed by the server
+        assert time.monotonic() - started < 3
+    with httpx.Client(base_url=live.url) as http:  # whole requests are served as before
+        assert http.get("/v1/health").status_code == 200
+
+
+@pytest.mark.parametrize("bad", ["١٢٣", "9" * 5000, "-1", "1.5", "²"])
+def test_event_ids_and_cursors_that_are_not_numbers_are_422(
+    http: httpx.Client, library: dict[str, Any], bad: str
+) -> None:
+    lib = library["id"]
+    assert http.get(f"/v1/libraries/{lib}/events", params={"since": bad}).status_code == 422
+    resumed = http.get(f"/v1/libraries/{lib}/events", headers=[(b"Last-Event-ID", bad.encode())])
+    assert resumed.status_code == 422
+    assert http.get(f"/v1/libraries/{lib}/documents", params={"cursor": bad}).status_code == 422
+    assert http.get(f"/v1/libraries/{lib}", params={"min_event_id": bad}).status_code == 422
+
+
+def test_connections_beyond_the_cap_are_503(make_server: Any) -> None:
+    live = make_server(max_connections=3)
+    held = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        with httpx.Client(base_url=live.url) as http:
+            assert http.get("/v1/health").status_code == 503
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    with httpx.Client(base_url=live.url) as http:
+        assert http.get("/v1/health").status_code == 200

@@ -76,6 +76,7 @@ def test_an_ndjson_search_stream_that_is_not_read(loaded: tuple[ServerProcess, s
     sock.sendall(head.encode() + lines.encode())
     try:
         growth = _growth_while(server, 4.0)
+        print(f"NDJSON: the server's peak grew by {growth / MIB:.1f} MiB")
         assert growth < BOUND, f"the server grew by {growth / MIB:.0f} MiB"
         # the client is dropped after the send timeout (2 s): reading now ends
         sock.settimeout(10)
@@ -101,6 +102,7 @@ def test_websocket_searches_whose_answers_are_not_read(loaded: tuple[ServerProce
                 )
             )
         growth = _growth_while(server, 4.0)
+        print(f"WebSocket: the server's peak grew by {growth / MIB:.1f} MiB")
         assert growth < BOUND, f"the server grew by {growth / MIB:.0f} MiB"
         with pytest.raises(ConnectionClosed):
             _read_all(ws)

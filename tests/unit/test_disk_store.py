@@ -129,7 +129,7 @@ def test_a_torn_tail_is_cut_off_with_a_warning(
     with segment.open("ab") as file:
         file.write(extra[tail])
     with (
-        caplog.at_level(logging.WARNING, logger="arrwdb.storage"),
+        caplog.at_level(logging.INFO, logger="arrwdb.storage"),
         DiskStore(tmp_path) as store,
     ):
         assert [view(d) for d in docs] == stored_views(store, lib)
@@ -139,6 +139,8 @@ def test_a_torn_tail_is_cut_off_with_a_warning(
     assert any(
         str(segment) in r.getMessage() and "torn tail" in r.getMessage() for r in caplog.records
     )
+    # the recovery counts records, not only bytes: the 6 kept, and the cut one's bytes
+    assert any("replayed 6 records" in r.getMessage() for r in caplog.records)
     assert segment.stat().st_size > len(data)  # appending went on where the log was cut
     with DiskStore(tmp_path) as store:
         assert len(store.list_libraries()) == 2
@@ -593,3 +595,12 @@ def test_a_failed_backup_leaves_nothing_that_blocks_its_name(
         assert not existing or not any(target.iterdir())
         monkeypatch.setattr(disk_module, "write_snapshot", real)
         assert store.snapshot_to(target).exists()  # the same name works once there is room
+
+
+def test_a_store_directory_without_its_log_opens_empty_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "indexes").mkdir()  # what a store leaves beside its log
+    with caplog.at_level("WARNING", logger="arrwdb.storage"), DiskStore(tmp_path) as store:
+        assert store.list_libraries() == []
+    assert any("no write-ahead log" in r.getMessage() for r in caplog.records)

@@ -108,3 +108,13 @@ def test_unexpected_errors_are_opaque_and_logged(
     assert caplog.records
     assert caplog.records[0].exc_info is not None
     assert caplog.records[0].exc_info[1] is exc
+
+
+def test_storage_errors_do_not_show_the_servers_paths() -> None:
+    from arrwdb.domain.errors import StorageError
+    from arrwdb.transports.errors import classify
+
+    fault = classify(StorageError("could not write /var/lib/arrwdb/wal/00000001.wal: disk full"))
+    assert fault.status == 503
+    assert fault.message == "could not write 00000001.wal: disk full"
+    assert "/var/lib" not in fault.problem().detail

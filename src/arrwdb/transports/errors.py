@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -138,6 +139,9 @@ _DOMAIN_STATUS: tuple[tuple[type[ArrwdbError], int], ...] = (
     (RateLimitedError, 429),
 )
 
+#: An absolute path in a message (a storage error's): clients are told the last part only.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s/:'\"]+/)+([^\s/:'\"]+)")
+
 #: Where a request's parameters are (Litestar's ``ParamType`` values): not the body.
 _PARAMETERS = frozenset({"path", "query", "header", "cookie"})
 _HTTP_CODES = {
@@ -159,9 +163,10 @@ def classify(exc: BaseException) -> Fault:
         for cls, status in _DOMAIN_STATUS:
             if isinstance(exc, cls):
                 field = exc.details.get("field")
-                return Fault(
-                    status, exc.code, exc.message, field if isinstance(field, str) else None
-                )
+                message = exc.message
+                if isinstance(exc, StorageError):  # the server's paths are its own business
+                    message = _ABSOLUTE_PATH.sub(r"\1", message)
+                return Fault(status, exc.code, message, field if isinstance(field, str) else None)
     if isinstance(exc, TransportError):
         return Fault(exc.status, exc.code, exc.message, exc.field)
     if isinstance(exc, msgspec.DecodeError):

@@ -7,6 +7,7 @@ are enabled: see :func:`health_router`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import UTC, datetime
 from importlib import metadata
@@ -349,7 +350,18 @@ async def create_backup(
         path = await anyio.to_thread.run_sync(runtime.service.backup, destination)
     finally:
         gate.exit()
-    return BackupOut(name=name, path=str(path), created_at=now.isoformat())
+    return BackupOut(name=name, path=_shown(path, runtime), created_at=now.isoformat())
+
+
+def _shown(path: Path, runtime: RuntimeDep) -> str:
+    """Where a backup is, as the answer says it: relative to the data directory when it is in
+    it (``backups/nightly``), else its name in the backup directory (the server's own paths
+    are not its clients' business)."""
+    data_dir = runtime.settings.data_dir
+    if data_dir:
+        with contextlib.suppress(ValueError):
+            return str(path.resolve().relative_to(Path(data_dir).resolve()))
+    return path.name
 
 
 # -- health ---------------------------------------------------------------------------------

@@ -172,7 +172,8 @@ def _check_format(path: Path, file: BinaryIO) -> None:
 
 def _cut_tail(path: Path, damage: FrameError) -> None:
     logger.warning(
-        "write-ahead log %s: %s at byte %d; cutting off the torn tail (%d bytes)",
+        "write-ahead log %s: %s at byte %d; cutting off the torn tail (%d bytes: a write "
+        "that a crash interrupted; with fsync=always it was not acknowledged)",
         path,
         damage.reason,
         damage.offset,

@@ -159,6 +159,13 @@ class WriteAheadLog:
                 )
             last = index == len(segments) - 1
             expected = yield from read_segment(path, expected, last=last)
+        if expected - 1 > after:
+            logger.info(
+                "write-ahead log: replayed %d records after the snapshot (%d to %d)",
+                expected - 1 - after,
+                after + 1,
+                expected - 1,
+            )
         if expected <= after:
             # The snapshot is ahead of the log (fsync=never and a power loss): start after it.
             for _, path in [*covered, *segments]:

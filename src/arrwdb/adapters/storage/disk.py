@@ -83,7 +83,13 @@ from arrwdb.adapters.storage._codec import (
 )
 from arrwdb.adapters.storage._lockfile import lock_directory
 from arrwdb.adapters.storage._records import RecordIndex
-from arrwdb.adapters.storage._segments import SegmentFile, WalRecord, logger, storage_error
+from arrwdb.adapters.storage._segments import (
+    SegmentFile,
+    WalRecord,
+    list_segments,
+    logger,
+    storage_error,
+)
 from arrwdb.adapters.storage._snapshot import (
     SnapshotState,
     list_snapshots,
@@ -202,6 +208,14 @@ class DiskStore(CatalogReads):
         snapshots = list_snapshots(self.path)
         if snapshots:
             self._snapshot_seq = self._load_snapshot(snapshots[-1][1])
+        elif not list_segments(self.path) and any(
+            (self.path / name).exists() for name in ("indexes", "keys.json")
+        ):
+            logger.warning(
+                "%s has no write-ahead log and no snapshot, but files of an arrwDB store: "
+                "opening it empty (if it held data, its log is missing)",
+                self.path,
+            )
         visible = self._visible
         for record in wal.recover(after=self._snapshot_seq):
             self._index.add(
