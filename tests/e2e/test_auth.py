@@ -264,18 +264,26 @@ def allowed(kind: tuple[str, str], need: str, on: str | None) -> bool:
     return reach and (need == "read" or access == "write")
 
 
-def test_every_route_with_every_key(admin: httpx.Client) -> None:
-    a, b = new_library(admin), new_library(admin)
+def _keys_of_every_kind(admin: httpx.Client, a: str, b: str) -> dict[str, str | None]:
     ids = {"a": [a], "ab": [a, b], "*": ["*"]}
     keys: dict[str, str | None] = {
         kind: make_key(admin, ids[spec[0]], spec[1])
         for kind, spec in KINDS.items()
         if spec and spec[0] != "admin"
     }
-    keys["admin"] = ADMIN_KEY
     revoked = admin.post("/v1/keys", json={"name": "r", "libraries": ["*"], "access": "write"})
     assert admin.delete(f"/v1/keys/{revoked.json()['id']}").status_code == 204
-    keys |= {"revoked": revoked.json()["key"], "missing": None, "wrong": "arrwdb_nope"}
+    return keys | {
+        "admin": ADMIN_KEY,
+        "revoked": revoked.json()["key"],
+        "missing": None,
+        "wrong": "arrwdb_nope",
+    }
+
+
+def test_every_route_with_every_key(admin: httpx.Client) -> None:
+    a, b = new_library(admin), new_library(admin)
+    keys = _keys_of_every_kind(admin, a, b)
     beyond = checked = 0
     for route in ROUTES:
         for kind, key in keys.items():
@@ -371,23 +379,6 @@ async def response(ws: websockets.ClientConnection) -> dict[str, Any]:
     while (message := await recv(ws))["type"] != "response":
         pass
     return message
-
-
-def _keys_of_every_kind(admin: httpx.Client, a: str, b: str) -> dict[str, str | None]:
-    ids = {"a": [a], "ab": [a, b], "*": ["*"]}
-    keys: dict[str, str | None] = {
-        kind: make_key(admin, ids[spec[0]], spec[1])
-        for kind, spec in KINDS.items()
-        if spec and spec[0] != "admin"
-    }
-    revoked = admin.post("/v1/keys", json={"name": "r", "libraries": ["*"], "access": "write"})
-    assert admin.delete(f"/v1/keys/{revoked.json()['id']}").status_code == 204
-    return keys | {
-        "admin": ADMIN_KEY,
-        "revoked": revoked.json()["key"],
-        "missing": None,
-        "wrong": "arrwdb_nope",
-    }
 
 
 async def test_every_websocket_action_and_sse_stream_with_every_key(

@@ -26,7 +26,7 @@ import hmac
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from arrwdb.domain.errors import (
@@ -95,9 +95,6 @@ class Caller:
         if not self.allows(need, library_id):
             raise ForbiddenError(_refusal(need, library_id), need=need.value)
 
-    def visible(self, library_ids: Iterable[str]) -> list[str]:
-        return [x for x in library_ids if self.may_read(x)]
-
 
 def _refusal(need: Need, library_id: str | None) -> str:
     if need is Need.ADMIN:
@@ -165,9 +162,6 @@ class KeyRing:
         if key is None:
             raise UnauthorizedError("unknown or revoked API key")
         return caller_of(key)
-
-    def knows(self, secret: str) -> bool:
-        return digest(secret) in self._by_digest
 
     def create(
         self,

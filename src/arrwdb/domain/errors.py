@@ -144,23 +144,24 @@ class HistoryLostError(ArrwdbError):
         self.earliest = earliest
 
 
-class LimitExceededError(ValidationError):
+class _BeyondALimit(ValidationError):
+    """An input beyond a limit of the server; ``limit`` names it."""
+
+    def __init__(self, message: str, *, limit: str, field: str | None = None) -> None:
+        super().__init__(message, limit=limit, field=field)
+
+
+class LimitExceededError(_BeyondALimit):
     """An input beyond one of the server's limits (``limit`` names it: JSON depth, filter
-    depth, ...)."""
+    depth, dimension, libraries, ...)."""
 
     code = "limit_exceeded"
 
-    def __init__(self, message: str, *, limit: str, field: str | None = None) -> None:
-        super().__init__(message, limit=limit, field=field)
 
-
-class PayloadTooLargeError(ValidationError):
+class PayloadTooLargeError(_BeyondALimit):
     """An input larger than a byte limit (``limit`` names it: metadata, text); HTTP 413."""
 
     code = "payload_too_large"
-
-    def __init__(self, message: str, *, limit: str, field: str | None = None) -> None:
-        super().__init__(message, limit=limit, field=field)
 
 
 class IdempotencyMismatchError(ValidationError):
