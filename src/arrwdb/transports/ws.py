@@ -150,8 +150,9 @@ class _Connection:
         )
         self._last_sent: str | None = None  # the id of the last event frame sent
         self._slots = anyio.Semaphore(settings.ws_max_inflight)
-        # what the answers being computed may weigh (estimated before, weighed after): a
-        # client that pipelines large searches and reads nothing holds about this much
+        # what the answers being computed may weigh (estimated before they are): a client
+        # that pipelines large searches and reads nothing makes the server hold about this
+        # much, plus its outbox
         self._budget = settings.ws_inflight_bytes
         self._inflight = 0
         self._room = anyio.Event()
@@ -285,7 +286,7 @@ class _Connection:
         data = request.data
         if isinstance(data, SearchIn):
             per_hit = 512
-            if data.include_embedding:
+            if data.include_embedding or (data.include is not None and "embedding" in data.include):
                 if self._dimension is None:
                     with contextlib.suppress(Exception):
                         dimension = self._runtime.service.get_library(self.library_id).dimension
