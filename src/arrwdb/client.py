@@ -11,7 +11,7 @@ import os
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import EllipsisType, TracebackType
 from typing import Any
 
 import anyio
@@ -84,8 +84,10 @@ class Database:
         metric: str = "cosine",
         index: str = "hnsw",
         index_params: Mapping[str, int] | None = None,
-        embedder: str | None = None,
+        embedder: str | EllipsisType | None = ...,
     ) -> LibraryHandle:
+        """``embedder`` left out: the default one; ``None``: a vectors-only library (text to
+        embed is ``EmbedderRequiredError``)."""
         lib = self.service.create_library(
             name,
             description=description,

@@ -18,6 +18,7 @@ from arrwdb.domain import validation as v
 from arrwdb.domain.chunking import Chunker
 from arrwdb.domain.errors import (
     DimensionMismatchError,
+    EmbedderRequiredError,
     InvalidArgumentError,
     InvalidVectorError,
     LimitExceededError,
@@ -83,6 +84,8 @@ class DocumentBuilder:
                 )
             first = len(texts)
             if doc.text is not None:
+                if library.embedder is None:
+                    raise EmbedderRequiredError(library.name, f"{where}text")
                 text = check_text(doc.text, f"{where}text")
                 if len(text) * 4 > max_text:  # (UTF-8 takes at most 4 bytes a character)
                     v.check_text_size(len(text.encode()), max_text, f"{where}text")
@@ -115,6 +118,8 @@ class DocumentBuilder:
                         row = len(texts) - 1
                         explicit[row] = chunk.embedding
                         fields[row] = f"{where}chunks[{j}]"
+                    elif library.embedder is None:
+                        raise EmbedderRequiredError(library.name, f"{where}chunks[{j}].embedding")
                 if size * 4 > max_text:
                     size = sum(len(t.encode()) for t in texts[first:])
                     v.check_text_size(size, max_text, f"{where}chunks")
@@ -179,6 +184,7 @@ class DocumentBuilder:
         missing = [row for row in range(len(texts)) if row not in explicit]
         embedded: Matrix | None = None
         if missing:
+            assert library.embedder is not None, "checked in prepare"
             embedder = self._embedders[library.embedder]
             embedded = embedder.embed([texts[r] for r in missing], dim)
             if embedded.ndim != 2 or embedded.shape[0] != len(missing):
@@ -204,6 +210,8 @@ class DocumentBuilder:
             )
         if query.text is not None:
             text = v.check_text(query.text, "query_text")
+            if library.embedder is None:
+                raise EmbedderRequiredError(library.name, "query_text")
             if library.dimension is None:
                 return np.empty(0, dtype=np.float32)
             embedded: Vector = self._embedders[library.embedder].embed([text], library.dimension)[0]

@@ -14,6 +14,7 @@ in-process exceptions; transports map the classes below to statuses in one table
     │   ├── InvalidArgumentError     invalid_argument     k out of range, bad name, ...
     │   ├── LimitExceededError       limit_exceeded       beyond a limit: JSON or filter depth
     │   ├── PayloadTooLargeError     payload_too_large    metadata or text beyond its byte limit
+    │   ├── EmbedderRequiredError    embedder_required    text on a vectors-only library
     │   └── IdempotencyMismatchError idempotency_mismatch an idempotency key reused differently
     ├── NotFoundError                not_found            (HTTP 404)
     │   ├── LibraryNotFoundError     not_found
@@ -162,6 +163,20 @@ class PayloadTooLargeError(_BeyondALimit):
     """An input larger than a byte limit (``limit`` names it: metadata, text); HTTP 413."""
 
     code = "payload_too_large"
+
+
+class EmbedderRequiredError(ValidationError):
+    """Text to embed (a query, a document's text, a chunk without an embedding) on a library
+    created without an embedder (vectors only)."""
+
+    code = "embedder_required"
+
+    def __init__(self, library: str, field: str) -> None:
+        super().__init__(
+            f"library {library!r} has no embedder (it takes vectors only): give {field} as a "
+            "vector (query_vector, or an embedding for each chunk)",
+            field=field,
+        )
 
 
 class IdempotencyMismatchError(ValidationError):

@@ -64,7 +64,8 @@ class Library:
     metric: Metric = "cosine"
     index: IndexKind = "hnsw"
     index_params: IndexParams = field(default_factory=IndexParams)
-    embedder: str = "hashing"
+    #: the embedder of its text (``None``: vectors only)
+    embedder: str | None = "hashing"
     document_count: int = 0
     chunk_count: int = 0
     created_at: datetime = field(default_factory=utcnow)

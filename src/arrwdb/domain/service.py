@@ -36,6 +36,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 from arrwdb.domain import _rules as rules
@@ -235,17 +236,19 @@ class VectorDBService:
         metric: str = "cosine",
         index: str = "hnsw",
         index_params: Mapping[str, int] | None = None,
-        embedder: str | None = None,
+        embedder: str | EllipsisType | None = ...,
     ) -> Library:
-        """Raises ``AlreadyExistsError`` for a taken name, ``ValidationError`` for bad fields."""
-        embedder_name = embedder or self._default_embedder
-        if embedder_name not in self._embedders:
+        """``embedder``: a configured embedder's name; left out, the default one; ``None``, no
+        embedder (the library takes vectors only). Raises ``AlreadyExistsError`` for a taken
+        name, ``ValidationError`` for bad fields."""
+        embedder_name = self._default_embedder if embedder is ... else embedder
+        if embedder_name is not None and embedder_name not in self._embedders:
             raise InvalidArgumentError(
                 f"unknown embedder {embedder_name!r}; configured: "
                 f"{', '.join(sorted(self._embedders))}",
                 field="embedder",
             )
-        fixed = self._embedders[embedder_name].dimension
+        fixed = None if embedder_name is None else self._embedders[embedder_name].dimension
         dim = v.check_dimension(dimension)
         limits = self._limits
         if dim is not None and dim > limits.dimension:

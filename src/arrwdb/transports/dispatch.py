@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from msgspec import UNSET
 
 from arrwdb.domain.access import Caller, Need
 from arrwdb.domain.changes import WriteKey
@@ -79,7 +80,7 @@ def _create_library(s: VectorDBService, _: str | None, r: LibraryCreate) -> Libr
         metric=r.metric,
         index=r.index,
         index_params=params,
-        embedder=r.embedder,
+        embedder=... if r.embedder is UNSET else r.embedder,
     )
 
 

@@ -74,7 +74,8 @@ class LibraryCreate(Struct, kw_only=True):
     metric: Metric = "cosine"
     index: IndexKind = "hnsw"
     index_params: IndexParams | None = None
-    embedder: str | None = None
+    #: left out: the server's default; ``null``: none (the library takes vectors only)
+    embedder: str | UnsetType | None = UNSET
 
 
 class LibraryUpdate(Struct, kw_only=True):
@@ -94,7 +95,7 @@ class LibraryOut(Struct, kw_only=True):
     metric: str
     index: str
     index_params: IndexParams
-    embedder: str
+    embedder: str | None
     document_count: int
     chunk_count: int
     created_at: str
