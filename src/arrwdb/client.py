@@ -100,6 +100,13 @@ class Database:
         )
         return LibraryHandle(self.service, lib.id, self)
 
+    def get_or_create_library(self, name: str, **options: Any) -> LibraryHandle:
+        """The library ``name`` if it exists with the same ``dimension`` (when given),
+        ``metric`` and ``index``, else a new one (``options`` as for ``create_library``);
+        raises ``AlreadyExistsError`` when the one of that name differs."""
+        lib, _ = self.service.get_or_create_library(name, **options)
+        return LibraryHandle(self.service, lib.id, self)
+
     def get_library(self, name_or_id: str) -> LibraryHandle:
         """By id or by name; raises ``LibraryNotFoundError``."""
         return LibraryHandle(self.service, self._resolve(name_or_id), self)
@@ -357,6 +364,12 @@ class AsyncDatabase:
 
     async def create_library(self, name: str, **options: Any) -> AsyncLibraryHandle:
         handle = await anyio.to_thread.run_sync(lambda: self._db.create_library(name, **options))
+        return AsyncLibraryHandle(handle)
+
+    async def get_or_create_library(self, name: str, **options: Any) -> AsyncLibraryHandle:
+        handle = await anyio.to_thread.run_sync(
+            lambda: self._db.get_or_create_library(name, **options)
+        )
         return AsyncLibraryHandle(handle)
 
     async def get_library(self, name_or_id: str) -> AsyncLibraryHandle:

@@ -52,6 +52,33 @@ def create_library(library: Library, max_libraries: int | None = None) -> Build:
     return build
 
 
+def get_or_create_library(
+    library: Library, max_libraries: int | None, *, compare_dimension: bool, found: list[Library]
+) -> Build:
+    """``library``, unless one of its name exists: then nothing, and that one in ``found`` if
+    its dimension (``compare_dimension``), metric and index are ``library``'s (else
+    ``AlreadyExistsError`` naming what differs)."""
+    create = create_library(library, max_libraries)
+
+    def build(head: Head) -> Sequence[Change]:
+        existing = head.library_named(library.name)
+        if existing is None:
+            return create(head)
+        fields = ("dimension", "metric", "index") if compare_dimension else ("metric", "index")
+        differ = [f for f in fields if getattr(existing, f) != getattr(library, f)]
+        if differ:
+            shown = ", ".join(f"{f} {getattr(existing, f)!r}" for f in differ)
+            raise AlreadyExistsError(
+                f"a library named {library.name!r} already exists with {shown}",
+                name=library.name,
+                field=differ[0],
+            )
+        found.append(existing)
+        return []
+
+    return build
+
+
 def update_library(library_id: str, fields: Mapping[str, Any]) -> Build:
     def build(head: Head) -> Sequence[Change]:
         old = _library(head, library_id)

@@ -51,6 +51,7 @@ from arrwdb.domain.errors import (
     InvalidArgumentError,
     LaggingError,
     LimitExceededError,
+    NotFoundError,
     StorageError,
 )
 from arrwdb.domain.events import StartPoint, check_event_types
@@ -241,6 +242,59 @@ class VectorDBService:
         """``embedder``: a configured embedder's name; left out, the default one; ``None``, no
         embedder (the library takes vectors only). Raises ``AlreadyExistsError`` for a taken
         name, ``ValidationError`` for bad fields."""
+        library = self._new_library(
+            name, description, metadata, dimension, metric, index, index_params, embedder
+        )
+        created = self._write(rules.create_library(library, self._limits.libraries)).changes[0]
+        assert isinstance(created, LibraryCreated)
+        return created.library  # (a repeated keyed write: the first one's)
+
+    def get_or_create_library(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        dimension: int | None = None,
+        metric: str = "cosine",
+        index: str = "hnsw",
+        index_params: Mapping[str, int] | None = None,
+        embedder: str | EllipsisType | None = ...,
+    ) -> tuple[Library, bool]:
+        """The library named ``name`` if there is one with the same ``dimension`` (when given),
+        ``metric`` and ``index`` (nothing is written), else a new one as ``create_library``
+        makes it; and whether it was created. Raises ``AlreadyExistsError`` when the library of
+        that name differs, ``ValidationError`` for bad fields."""
+        library = self._new_library(
+            name, description, metadata, dimension, metric, index, index_params, embedder
+        )
+        found: list[Library] = []
+        rule = rules.get_or_create_library(
+            library, self._limits.libraries, compare_dimension=dimension is not None, found=found
+        )
+        batch = self._write(rule)
+        if batch.changes:
+            created = batch.changes[0]
+            assert isinstance(created, LibraryCreated)
+            return created.library, True
+        existing = found[0]
+        try:  # with its counts, as applied here
+            return self._projection.state(existing.id).library, False
+        except NotFoundError:  # not applied here yet (written through another server)
+            return existing, False
+
+    def _new_library(
+        self,
+        name: str,
+        description: str,
+        metadata: Mapping[str, Any] | None,
+        dimension: int | None,
+        metric: str,
+        index: str,
+        index_params: Mapping[str, int] | None,
+        embedder: str | EllipsisType | None,
+    ) -> Library:
+        """A library to create, its fields checked."""
         embedder_name = self._default_embedder if embedder is ... else embedder
         if embedder_name is not None and embedder_name not in self._embedders:
             raise InvalidArgumentError(
@@ -257,7 +311,7 @@ class VectorDBService:
                 limit="max_dimension",
                 field="dimension",
             )
-        library = Library(
+        return Library(
             id=new_id(),
             name=v.check_name(name),
             description=v.check_text(description or "", "description"),
@@ -268,9 +322,6 @@ class VectorDBService:
             index_params=v.check_index_params(index_params),
             embedder=embedder_name,
         )
-        created = self._write(rules.create_library(library, limits.libraries)).changes[0]
-        assert isinstance(created, LibraryCreated)
-        return created.library  # (a repeated keyed write: the first one's)
 
     def get_library(self, library_id: str) -> Library:
         return self._projection.state(library_id).library

@@ -67,21 +67,30 @@ from arrwdb.transports.messages import (
 # -- the actions ----------------------------------------------------------------------------
 
 
-def _create_library(s: VectorDBService, _: str | None, r: LibraryCreate) -> Library:
+def _library_fields(r: LibraryCreate) -> dict[str, Any]:
     params = None
     if r.index_params is not None:
         p = r.index_params
         params = {"m": p.m, "ef_construction": p.ef_construction, "ef_search": p.ef_search}
-    return s.create_library(
-        r.name,
-        description=r.description,
-        metadata=r.metadata,
-        dimension=r.dimension,
-        metric=r.metric,
-        index=r.index,
-        index_params=params,
-        embedder=... if r.embedder is UNSET else r.embedder,
-    )
+    return {
+        "description": r.description,
+        "metadata": r.metadata,
+        "dimension": r.dimension,
+        "metric": r.metric,
+        "index": r.index,
+        "index_params": params,
+        "embedder": ... if r.embedder is UNSET else r.embedder,
+    }
+
+
+def _create_library(s: VectorDBService, _: str | None, r: LibraryCreate) -> Library:
+    return s.create_library(r.name, **_library_fields(r))
+
+
+def _get_or_create_library(
+    s: VectorDBService, _: str | None, r: LibraryCreate
+) -> tuple[Library, bool]:
+    return s.get_or_create_library(r.name, **_library_fields(r))
 
 
 def _update_library(s: VectorDBService, lib: str | None, r: LibraryUpdate) -> Library:
@@ -164,6 +173,14 @@ ACTIONS: dict[str, Action] = {
             LibraryCreate,
             _create_library,
             library_out,
+            write=True,
+            need=Need.MANAGE,
+        ),
+        Action(
+            "get_or_create_library",
+            LibraryCreate,
+            _get_or_create_library,
+            lambda found: (library_out(found[0]), found[1]),
             write=True,
             need=Need.MANAGE,
         ),

@@ -123,10 +123,27 @@ async def create_library(
     request: Request[Any, Any, Any],
     data: JSONBody[LibraryCreate],
     idempotency_key: _Key = None,
+    exist_ok: Annotated[
+        bool,
+        QueryParameter(
+            description="A library of that name with the same dimension, metric and index is "
+            "the answer (200, nothing written); one that differs is a 409."
+        ),
+    ] = False,
 ) -> Response[LibraryOut]:
-    """Create a library (201). A taken name is a 409."""
+    """Create a library (201). A taken name is a 409, unless ``exist_ok``."""
     caller = caller_of(request.scope)
-    return await _write(runtime, "create_library", None, data, 201, idempotency_key, caller=caller)
+    if not exist_ok:
+        return await _write(
+            runtime, "create_library", None, data, 201, idempotency_key, caller=caller
+        )
+    written = await runtime.dispatcher.write(
+        "get_or_create_library", None, data, caller=caller, idempotency_key=idempotency_key
+    )
+    library, created = written.result
+    return Response(
+        library, status_code=201 if created else 200, headers={EVENT_ID_HEADER: written.event_id}
+    )
 
 
 @get("/v1/libraries", tags=["libraries"])
