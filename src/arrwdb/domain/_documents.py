@@ -88,7 +88,7 @@ class DocumentBuilder:
                     raise EmbedderRequiredError(library.name, f"{where}text")
                 text = check_text(doc.text, f"{where}text")
                 if len(text) * 4 > max_text:  # (UTF-8 takes at most 4 bytes a character)
-                    v.check_text_size(len(text.encode()), max_text, f"{where}text")
+                    v.check_text_size(v.utf8_length(text), max_text, f"{where}text")
                 pieces = self._chunker.split(text)
                 if not pieces:
                     raise InvalidArgumentError(f"{where}text is empty", field=f"{where}text")
@@ -121,7 +121,7 @@ class DocumentBuilder:
                     elif library.embedder is None:
                         raise EmbedderRequiredError(library.name, f"{where}chunks[{j}].embedding")
                 if size * 4 > max_text:
-                    size = sum(len(t.encode()) for t in texts[first:])
+                    size = sum(v.utf8_length(t) for t in texts[first:])
                     v.check_text_size(size, max_text, f"{where}chunks")
             shapes.append((title, where, metadata, doc_id, len(texts) - first))
 

@@ -136,15 +136,16 @@ def metadata_bytes(metadata: Mapping[str, Any]) -> int:
     """About what ``metadata`` (checked) takes: keys and strings as UTF-8, 8 per other value."""
     size = 0
     for key, value in metadata.items():
-        size += _utf8_length(key)
+        size += utf8_length(key)
         if isinstance(value, list):
-            size += sum(_utf8_length(x) if isinstance(x, str) else 8 for x in value)
+            size += sum(utf8_length(x) if isinstance(x, str) else 8 for x in value)
         else:
-            size += _utf8_length(value) if isinstance(value, str) else 8
+            size += utf8_length(value) if isinstance(value, str) else 8
     return size
 
 
-def _utf8_length(text: str) -> int:
+def utf8_length(text: str) -> int:
+    """How many bytes ``text`` takes as UTF-8 (without encoding an ASCII text)."""
     return len(text) if text.isascii() else len(text.encode())
 
 

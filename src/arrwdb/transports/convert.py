@@ -127,6 +127,11 @@ def new_document(doc: DocumentIn) -> NewDocument:
     )
 
 
+def wants_embedding(q: SearchIn) -> bool:
+    """Whether a search's hits carry their embeddings (``include_embedding`` or ``include``)."""
+    return q.include_embedding or (q.include is not None and "embedding" in q.include)
+
+
 def search_query(q: SearchIn) -> SearchQuery:
     return SearchQuery(
         text=q.query_text,
@@ -134,6 +139,5 @@ def search_query(q: SearchIn) -> SearchQuery:
         k=q.k,
         filter=q.filter,
         ef=q.ef,
-        include_embedding=q.include_embedding
-        or (q.include is not None and "embedding" in q.include),
+        include_embedding=wants_embedding(q),
     )

@@ -50,6 +50,8 @@ from arrwdb.domain.errors import (
     SubscriptionClosedError,
 )
 from arrwdb.domain.ports import Subscription
+from arrwdb.domain.validation import utf8_length
+from arrwdb.transports.convert import wants_embedding
 from arrwdb.transports.dispatch import ACTIONS
 from arrwdb.transports.envelopes import (
     RequestId,
@@ -93,11 +95,6 @@ def _reason(text: str) -> str:
 #: What the outbound queue holds: a frame, and the id of the event it carries (None for
 #: responses and the welcome).
 _Frame = tuple[str, str | None]
-
-
-def _utf8(text: str) -> int:
-    """What ``text`` takes as UTF-8 (the limit is in bytes, as the client sent them)."""
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def _weigh(item: _Frame) -> int:
@@ -257,7 +254,7 @@ class _Connection:
         if len(data) > self._max_message or (
             isinstance(data, str)
             and len(data) * 4 > self._max_message
-            and _utf8(data) > self._max_message
+            and utf8_length(data) > self._max_message
         ):
             limit = self._max_message
             await self._send(_error(None, "payload_too_large", f"message exceeds {limit} bytes"))
@@ -286,7 +283,7 @@ class _Connection:
         data = request.data
         if isinstance(data, SearchIn):
             per_hit = 512
-            if data.include_embedding or (data.include is not None and "embedding" in data.include):
+            if wants_embedding(data):
                 if self._dimension is None:
                     with contextlib.suppress(Exception):
                         dimension = self._runtime.service.get_library(self.library_id).dimension
