@@ -54,10 +54,11 @@ async def test_metrics_move_under_load_and_are_documented(make_server: Any, tmp_
             await ws.send(request("search", "q", {"query_vector": [1.0, 0.0], "k": 3}))
             seen = 0
             with anyio.fail_after(5):
-                async for _ in source.aiter_sse():
+                # One iterator, kept: leaving an ``async for`` over it would close the stream.
+                events = source.aiter_sse()
+                while seen < 20:
+                    await anext(events)
                     seen += 1
-                    if seen == 20:
-                        break
                 while seen < 40:
                     message = await recv(ws)
                     seen += message["type"] == "event"
