@@ -127,6 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from arrwdb.server import (
         AnonymousRefusedError,
+        EmbedderUnavailableError,
         StorageUnavailableError,
         WorkersRefusedError,
         serve,
@@ -137,7 +138,12 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         if not serve(settings, workers=args.workers):
             return 1
-    except (StorageUnavailableError, WorkersRefusedError, AnonymousRefusedError) as exc:
+    except (
+        StorageUnavailableError,
+        EmbedderUnavailableError,
+        WorkersRefusedError,
+        AnonymousRefusedError,
+    ) as exc:
         print(f"arrwdb serve: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, _Stopped):

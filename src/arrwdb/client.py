@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from arrwdb.adapters.embedders.registry import EmbedderLike
 from arrwdb.config import Settings
 from arrwdb.container import Container, build_container
 from arrwdb.domain.errors import (
@@ -40,24 +41,43 @@ from arrwdb.domain.service import VectorDBService
 Query = str | Sequence[float] | np.ndarray
 
 
-def open(path: str | None = None, **options: Any) -> Database:
+def open(
+    path: str | None = None,
+    *,
+    embedders: Mapping[str, EmbedderLike] | None = None,
+    **options: Any,
+) -> Database:
     """Open a database: in memory (``path=None``) or durable in directory ``path``.
 
-    ``options`` are ``Settings`` fields (``history_size=...``, ``embedder=...``); anything not
-    given comes from ``ARRWDB_*`` environment variables, then the defaults.
+    ``options`` are ``Settings`` fields (``history_size=...``, ``default_embedder=...``);
+    anything not given comes from ``ARRWDB_*`` environment variables, then the defaults.
+    ``embedders`` adds embedders of your own by name, for libraries to name at creation: a
+    function ``fn(list[str]) -> array of shape (n, d)`` or an ``Embedder`` object (they join
+    ``hashing``, ``minilm`` and the ``arrwdb.embedders`` entry points, and replace one of
+    the same name). A library made with one needs it again whenever the database is opened.
     """
-    return Database(_start(path, options))
+    return Database(_start(path, options, embedders))
 
 
-def open_async(path: str | None = None, **options: Any) -> AsyncDatabase:
+def open_async(
+    path: str | None = None,
+    *,
+    embedders: Mapping[str, EmbedderLike] | None = None,
+    **options: Any,
+) -> AsyncDatabase:
     """The async twin of :func:`open` (opening itself is quick and does not block)."""
-    return AsyncDatabase(Database(_start(path, options)))
+    return AsyncDatabase(Database(_start(path, options, embedders)))
 
 
-def _start(path: str | None, options: dict[str, Any]) -> Container:
+def _start(
+    path: str | None,
+    options: dict[str, Any],
+    embedders: Mapping[str, EmbedderLike] | None = None,
+) -> Container:
     if path is not None:
         options = {"storage": "disk", "data_dir": str(path), **options}
-    container = build_container(Settings.from_env(**options))
+    container = build_container(Settings.from_env(**options), embedders=embedders)
+    container.embedders()  # a bad embedder, or a default one that cannot run, fails here
     container.init_resources()
     return container
 

@@ -39,8 +39,12 @@ class Settings:
     history_size: int = 10_000
     history_max_age: float | None = None
     subscriber_buffer: int | None = None
-    # text
-    embedder: str = "hashing"
+    # text: the embedder of a library created without naming one (``hashing``, ``minilm``,
+    # an entry point's or one given to ``arrwdb.open(embedders=...)``)
+    default_embedder: str = "hashing"
+    #: the older name of ``default_embedder`` (``ARRWDB_EMBEDDER``), taken when that one is left
+    #: at its default; read as ``None`` once applied
+    embedder: str | None = None
     chunk_size: int = 1_000
     chunk_overlap: int = 100
     # server
@@ -82,6 +86,16 @@ class Settings:
     shutdown_timeout: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.embedder is not None:
+            if self.default_embedder not in ("hashing", self.embedder):
+                raise ValueError(
+                    f"embedder {self.embedder!r} (the older name of default_embedder) and "
+                    f"default_embedder {self.default_embedder!r} differ: give one"
+                )
+            object.__setattr__(self, "default_embedder", self.embedder)
+            object.__setattr__(self, "embedder", None)
+        if not self.default_embedder:
+            raise ValueError("default_embedder must be an embedder's name")
         unknown = set(self.transports) - set(ALL_TRANSPORTS)
         if unknown:
             raise ValueError(
@@ -119,7 +133,15 @@ class Settings:
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
                 values[f.name] = _parse(f.name, raw, hints[f.name])
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        # the older name ``embedder`` stands for ``default_embedder`` at its own level (code
+        # over environment); where both names are given at one level, they must agree
+        for level in (values, given):
+            if "embedder" in level and "default_embedder" not in level:
+                level["default_embedder"] = level.pop("embedder")
+        if "default_embedder" in given:
+            values.pop("embedder", None)
+        values.update(given)
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:

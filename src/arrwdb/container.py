@@ -13,14 +13,14 @@ Tests override any provider (``container.store.override(fake)``) before initiali
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from dependency_injector import containers, providers
 
-from arrwdb.adapters.embedders.hashing import HashingEmbedder
+from arrwdb.adapters.embedders.registry import EmbedderLike, build_registry
 from arrwdb.adapters.hub.local import LocalEventHub
 from arrwdb.adapters.index import make_index
 from arrwdb.adapters.keys.file import FileKeys
@@ -185,7 +185,10 @@ class Container(containers.DeclarativeContainer):
 
     index_factory = providers.Object(make_index)
 
-    embedders = providers.Dict(hashing=providers.Singleton(HashingEmbedder))
+    # the embedders by name: built-ins, the arrwdb.embedders entry points, and the caller's
+    # own (``build_container(embedders=...)``); ``minilm`` and entry points are made on first use
+    user_embedders: providers.Object[Mapping[str, EmbedderLike] | None] = providers.Object(None)
+    embedders = providers.Singleton(build_registry, config.default_embedder, user_embedders)
 
     chunker = providers.Singleton(Chunker, size=config.chunk_size, overlap=config.chunk_overlap)
 
@@ -207,7 +210,7 @@ class Container(containers.DeclarativeContainer):
         index_factory=index_factory,
         embedders=embedders,
         chunker=chunker,
-        default_embedder=config.embedder,
+        default_embedder=config.default_embedder,
         index_store=index_store,
         index_save_interval=config.index_save_interval,
         limits=providers.Factory(
@@ -220,9 +223,15 @@ class Container(containers.DeclarativeContainer):
     )
 
 
-def build_container(settings: Settings | None = None) -> Container:
-    """A wired container for ``settings`` (default: from ``ARRWDB_*`` environment)."""
+def build_container(
+    settings: Settings | None = None, *, embedders: Mapping[str, EmbedderLike] | None = None
+) -> Container:
+    """A wired container for ``settings`` (default: from ``ARRWDB_*`` environment), with the
+    caller's own ``embedders`` (name -> ``fn(list[str]) -> array`` or ``Embedder``) besides
+    the built-in and entry-point ones."""
     settings = settings or Settings.from_env()
     container = Container()
     container.config.from_dict(asdict(settings))
+    if embedders is not None:
+        container.user_embedders.override(providers.Object(embedders))
     return container

@@ -60,6 +60,10 @@ class StorageUnavailableError(RuntimeError):
     """The configured storage has no adapter in this build."""
 
 
+class EmbedderUnavailableError(RuntimeError):
+    """The default embedder is unknown, or cannot run here (its extra is missing)."""
+
+
 def create_app(settings: Settings | None = None, *, container: Container | None = None) -> Litestar:
     """The arrwDB app. ``container`` (already built, maybe with overrides) is used as given
     and left open at shutdown; otherwise one is built from ``settings`` and owned."""
@@ -68,6 +72,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     if container is None:
         container = build_container(settings)
     _check_storage(container)
+    _check_embedders(container)
     runtime = Runtime(settings)
     opened = container
 
@@ -149,6 +154,15 @@ def _check_storage(container: Container) -> None:
             f"storage {storage!r} is not available in this build "
             f"(available: {', '.join(sorted(available))})"
         )
+
+
+def _check_embedders(container: Container) -> None:
+    """Make the embedders (the default one is made now: ``minilm`` reads its model), so that
+    a default that cannot run stops the server before it starts."""
+    try:
+        container.embedders()
+    except ArrwdbError as exc:
+        raise EmbedderUnavailableError(f"the default embedder cannot be used: {exc}") from None
 
 
 def runtime_of(app: Any) -> Runtime | None:
@@ -290,7 +304,12 @@ def _worker(settings: Settings, sock: socket.socket) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers with SIGTERM
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    server = Server(uvicorn_config(create_app(settings), settings))
+    try:
+        app = create_app(settings)
+    except (StorageUnavailableError, EmbedderUnavailableError) as exc:
+        logger.error("%s", exc)
+        sys.exit(_NEVER_STARTED)
+    server = Server(uvicorn_config(app, settings))
     server.run(sockets=[sock])
     sys.exit(0 if server.started else _NEVER_STARTED)
 

@@ -184,8 +184,7 @@ class DocumentBuilder:
         missing = [row for row in range(len(texts)) if row not in explicit]
         embedded: Matrix | None = None
         if missing:
-            assert library.embedder is not None, "checked in prepare"
-            embedder = self._embedders[library.embedder]
+            embedder = self._embedder(library)
             embedded = embedder.embed([texts[r] for r in missing], dim)
             if embedded.ndim != 2 or embedded.shape[0] != len(missing):
                 raise InvalidVectorError(f"embedder {embedder.name!r} returned a bad shape")
@@ -202,6 +201,19 @@ class DocumentBuilder:
         out[missing] = embedded
         return out
 
+    def _embedder(self, library: Library) -> Embedder:
+        """The library's embedder; ``InvalidArgumentError`` if it is not configured here (a
+        library made with an embedder of the caller's own, opened without it)."""
+        assert library.embedder is not None, "checked by the callers"
+        embedder = self._embedders.get(library.embedder)
+        if embedder is None:
+            raise InvalidArgumentError(
+                f"library {library.name!r} embeds its text with {library.embedder!r}, which is "
+                f"not configured here; configured: {', '.join(sorted(self._embedders))}",
+                field="embedder",
+            )
+        return embedder
+
     def query_vector(self, library: Library, query: SearchQuery) -> Vector:
         """The query as a vector; empty when the library has no dimension yet (no results)."""
         if (query.text is None) == (query.vector is None):
@@ -214,7 +226,7 @@ class DocumentBuilder:
                 raise EmbedderRequiredError(library.name, "query_text")
             if library.dimension is None:
                 return np.empty(0, dtype=np.float32)
-            embedded: Vector = self._embedders[library.embedder].embed([text], library.dimension)[0]
+            embedded: Vector = self._embedder(library).embed([text], library.dimension)[0]
             return embedded
         assert query.vector is not None
         vector = v.as_vector(query.vector, library.dimension, library.metric, "query_vector")

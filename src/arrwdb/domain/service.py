@@ -101,7 +101,11 @@ class VectorDBService:
         limits: Limits | None = None,
     ) -> None:
         if default_embedder not in embedders:
-            raise InvalidArgumentError(f"default embedder {default_embedder!r} is not configured")
+            raise InvalidArgumentError(
+                f"default embedder {default_embedder!r} is not configured; configured: "
+                f"{', '.join(sorted(embedders))}",
+                field="default_embedder",
+            )
         self._store = store
         self._hub = hub
         self._index_store = index_store
@@ -302,8 +306,15 @@ class VectorDBService:
                 f"{', '.join(sorted(self._embedders))}",
                 field="embedder",
             )
+        # (an embedder made on first use is made here: one that cannot run is refused now)
         fixed = None if embedder_name is None else self._embedders[embedder_name].dimension
         dim = v.check_dimension(dimension)
+        if dim is not None and fixed is not None and dim != fixed:
+            raise InvalidArgumentError(
+                f"dimension {dim} differs from the {fixed} dimensions of embedder "
+                f"{embedder_name!r}: leave dimension out, or give {fixed}",
+                field="dimension",
+            )
         limits = self._limits
         if dim is not None and dim > limits.dimension:
             raise LimitExceededError(
