@@ -10,11 +10,14 @@ As sentence-transformers computes it: texts are tokenised (``[CLS] ... [SEP]``, 
 real tokens (attention mask) are averaged, and the mean is L2-normalised. The output is a
 float32, C-contiguous ``(len(texts), 384)`` matrix of unit rows.
 
-Texts go through the model in batches of 64, sorted by length first so that a batch pads to
-about its own length; a text's vector does not depend on the other texts of its call (the model
-masks padding). The session uses as many threads as the process may run on (two here), and
-one batch runs at a time (a lock taken per batch, so a query waits for at most one batch of a
-bulk load, not for all of it). The model is read when the embedder is made (~0.3 s).
+Texts are tokenised together, then go through the model in batches of at most 64 texts of
+similar token counts (sorted by length; a batch's longest text at most ~1.5 times its
+shortest), each padded to its own longest text: padding is what a batch of mixed lengths
+spends most of its time on. A text's vector does not depend on the other texts of its call
+(the model masks padding). The session uses as many threads as the process may run on (two
+here), and one batch runs at a time (a lock taken per batch, so a query waits for at most one
+batch of a bulk load, not for all of it). The model is read when the embedder is made
+(~0.3 s).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from arrwdb.domain.errors import DimensionMismatchError, InvalidArgumentError
 from arrwdb.domain.models import Matrix
@@ -117,10 +121,10 @@ class MiniLMEmbedder:
                 field="embedder",
             ) from None
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        # the file ships with fixed padding to 128 and truncation at 128: pad each batch to
-        # its longest text instead, and cut at max_tokens
+        # the file ships with fixed padding to 128 and truncation at 128: cut at max_tokens,
+        # and pad here, each batch to its own longest text
         tokenizer.enable_truncation(max_length=max_tokens)
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        tokenizer.no_padding()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or available_cores()
         options.inter_op_num_threads = 1
@@ -153,21 +157,23 @@ class MiniLMEmbedder:
         out = np.empty((len(texts), DIMENSION), dtype=np.float32)
         if not texts:
             return out
-        # longest first: each batch pads to about its own length
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        for start in range(0, len(order), self._batch_size):
-            rows = order[start : start + self._batch_size]
-            out[rows] = self._embed_batch([texts[i] for i in rows])
+        encodings = self._tokenizer.encode_batch(list(texts))
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
+        for rows in _batches(lengths, self._batch_size):
+            out[rows] = self._run([encodings[i] for i in rows], lengths[rows])
         return out
 
-    def _embed_batch(self, texts: list[str]) -> Matrix:
+    def _run(self, encodings: list[Any], lengths: npt.NDArray[np.int64]) -> Matrix:
+        """One run of the model over texts padded to the longest of them."""
+        width = int(lengths.max())
+        ids = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, : lengths[row]] = encoding.ids
+        mask = (np.arange(width) < lengths[:, None]).astype(np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if self._token_types:
+            feeds["token_type_ids"] = np.zeros_like(ids)
         with self._lock:
-            encodings = self._tokenizer.encode_batch(texts)
-            ids = np.array([e.ids for e in encodings], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-            feeds = {"input_ids": ids, "attention_mask": mask}
-            if self._token_types:
-                feeds["token_type_ids"] = np.zeros_like(ids)
             hidden = self._session.run(None, feeds)[0]  # (batch, tokens, 384) float32
         weights = mask.astype(np.float32)
         summed = np.matmul(weights[:, None, :], hidden)[:, 0, :]  # the real tokens' sum
@@ -175,3 +181,21 @@ class MiniLMEmbedder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         result: Matrix = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
         return result
+
+
+def _batches(lengths: npt.NDArray[np.int64], size: int) -> list[npt.NDArray[np.int64]]:
+    """Rows in batches for the model: by token count, at most ``size`` a batch, and a batch's
+    longest text at most ~1.5 times its shortest (padding a 20-token text to 120 tokens costs
+    more than a run of its own: measured 3-4x the throughput on docstrings of mixed lengths)."""
+    order = np.argsort(lengths, kind="stable")
+    batches: list[npt.NDArray[np.int64]] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        if end == len(order):
+            batches.append(order[start:end])
+            break
+        first = int(lengths[order[start]])
+        if end - start >= size or lengths[order[end]] > max(1.5 * first, first + 8):
+            batches.append(order[start:end])
+            start = end
+    return batches
