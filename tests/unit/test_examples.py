@@ -25,3 +25,19 @@ def test_example_runs_as_written(name: str, tmp_path: Path) -> None:
     assert any("library.created" in line for line in lines)
     assert any("document.deleted" in line for line in lines)
     assert (tmp_path / "data").is_dir()
+
+
+def test_the_embedders_example_runs_as_written(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "embedders.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "lexical (hashing, 384-d): markets",
+        "mine (topics, 4-d): markets",
+        "vectors: given",
+    ]

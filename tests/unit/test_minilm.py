@@ -131,16 +131,24 @@ def test_a_library_named_minilm_has_384_dimensions_from_the_start(model: MiniLME
 
 @pytest.mark.parametrize(
     "lengths",
-    [[5], [5, 5, 5, 5, 5], [3, 100, 4, 50, 51, 7, 120, 2], list(range(2, 300)), [9] * 200],
+    [
+        [5],
+        [5, 5, 5, 5, 5],
+        [3, 100, 4, 50, 51, 7, 120, 2],
+        list(range(2, 300)),
+        [9] * 200,
+        [256] * 40,
+    ],
 )
 def test_batches_take_every_text_once_and_group_similar_lengths(lengths: list[int]) -> None:
     from arrwdb.adapters.embedders.minilm import _batches
 
     counts = np.array(lengths, dtype=np.int64)
-    batches = _batches(counts, 64)
+    batches = _batches(counts, 64, 4096)
     rows = np.concatenate(batches)
     assert sorted(rows.tolist()) == list(range(len(lengths)))
     for batch in batches:
         assert 1 <= len(batch) <= 64
         shortest, longest = int(counts[batch].min()), int(counts[batch].max())
         assert longest <= max(1.5 * shortest, shortest + 8)
+        assert len(batch) == 1 or len(batch) * longest <= 4096

@@ -10,9 +10,9 @@ As sentence-transformers computes it: texts are tokenised (``[CLS] ... [SEP]``, 
 real tokens (attention mask) are averaged, and the mean is L2-normalised. The output is a
 float32, C-contiguous ``(len(texts), 384)`` matrix of unit rows.
 
-Texts are tokenised together, then go through the model in batches of at most 64 texts of
-similar token counts (sorted by length; a batch's longest text at most ~1.5 times its
-shortest), each padded to its own longest text: padding is what a batch of mixed lengths
+Texts are tokenised together, then go through the model in batches of at most 64 texts and
+4,096 tokens of similar token counts (sorted by length; a batch's longest text at most ~1.5
+times its shortest), each padded to its own longest text: padding is what a batch of mixed lengths
 spends most of its time on. A text's vector does not depend on the other texts of its call
 (the model masks padding). The session uses as many threads as the process may run on (two
 here), and one batch runs at a time (a lock taken per batch, so a query waits for at most one
@@ -38,6 +38,9 @@ from arrwdb.domain.models import Matrix
 DIMENSION: Final = 384
 #: texts per run of the model
 BATCH_SIZE: Final = 64
+#: tokens (texts x the longest of them) per run of the model: bounds the memory of a run (its
+#: attention scores grow with texts x tokens^2), e.g. 64 texts of 64 tokens, 16 of 256
+TOKEN_BUDGET: Final = 4_096
 #: tokens per text (with ``[CLS]``/``[SEP]``): sentence-transformers' ``max_seq_length`` for
 #: this model; the model itself takes up to 512
 MAX_TOKENS: Final = 256
@@ -130,6 +133,10 @@ class MiniLMEmbedder:
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # shapes change with every batch: an arena would keep the largest run's memory for
+        # good (~1.9 GB after 64 texts of 256 tokens), a memory pattern would not be reused
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         options.log_severity_level = 3  # errors only
         session = onnxruntime.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
@@ -159,7 +166,7 @@ class MiniLMEmbedder:
             return out
         encodings = self._tokenizer.encode_batch(list(texts))
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
-        for rows in _batches(lengths, self._batch_size):
+        for rows in _batches(lengths, self._batch_size, TOKEN_BUDGET):
             out[rows] = self._run([encodings[i] for i in rows], lengths[rows])
         return out
 
@@ -183,10 +190,11 @@ class MiniLMEmbedder:
         return result
 
 
-def _batches(lengths: npt.NDArray[np.int64], size: int) -> list[npt.NDArray[np.int64]]:
-    """Rows in batches for the model: by token count, at most ``size`` a batch, and a batch's
-    longest text at most ~1.5 times its shortest (padding a 20-token text to 120 tokens costs
-    more than a run of its own: measured 3-4x the throughput on docstrings of mixed lengths)."""
+def _batches(lengths: npt.NDArray[np.int64], size: int, budget: int) -> list[npt.NDArray[np.int64]]:
+    """Rows in batches for the model, by token count: at most ``size`` texts and ``budget``
+    tokens (padded) a batch, and a batch's longest text at most ~1.5 times its shortest
+    (padding a 20-token text to 120 tokens costs more than a run of its own: measured 3-4x the
+    throughput on docstrings of mixed lengths)."""
     order = np.argsort(lengths, kind="stable")
     batches: list[npt.NDArray[np.int64]] = []
     start = 0
@@ -194,8 +202,12 @@ def _batches(lengths: npt.NDArray[np.int64], size: int) -> list[npt.NDArray[np.i
         if end == len(order):
             batches.append(order[start:end])
             break
-        first = int(lengths[order[start]])
-        if end - start >= size or lengths[order[end]] > max(1.5 * first, first + 8):
+        first, nxt = int(lengths[order[start]]), int(lengths[order[end]])
+        if (
+            end - start >= size
+            or nxt > max(1.5 * first, first + 8)
+            or (end - start + 1) * nxt > budget
+        ):
             batches.append(order[start:end])
             start = end
     return batches

@@ -258,7 +258,7 @@ _minilm: Embedder | None = None
 
 
 def shared_minilm() -> Embedder:
-    """The process's one ``minilm`` embedder (a model is ~90 MB in memory; every database
+    """The process's one ``minilm`` embedder (a loaded model is ~180 MB; every database
     opened in the process shares it). ``InvalidArgumentError`` without the extra."""
     global _minilm
     with _minilm_lock:
