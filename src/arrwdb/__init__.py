@@ -3,6 +3,8 @@
 >>> import arrwdb
 >>> db = arrwdb.open()                      # in memory; arrwdb.open("./data") is durable
 >>> lib = db.create_library("papers")
+
+``arrwdb.connect("http://127.0.0.1:8000")`` gives the same API as a client of a server.
 """
 
 from arrwdb.client import (
@@ -15,6 +17,13 @@ from arrwdb.client import (
     open_async,
 )
 from arrwdb.config import Settings
+from arrwdb.remote import (
+    AsyncRemoteDatabase,
+    RemoteDatabase,
+    ServerUnavailableError,
+    connect,
+    connect_async,
+)
 from arrwdb.domain.errors import (
     AlreadyExistsError,
     ArrwdbError,
@@ -52,6 +61,7 @@ __all__ = [
     "ArrwdbError",
     "AsyncDatabase",
     "AsyncLibraryHandle",
+    "AsyncRemoteDatabase",
     "Chunk",
     "Database",
     "DimensionMismatchError",
@@ -71,15 +81,19 @@ __all__ = [
     "NewDocument",
     "NotFoundError",
     "Page",
+    "RemoteDatabase",
     "SearchHit",
     "SearchQuery",
     "SearchResult",
+    "ServerUnavailableError",
     "Settings",
     "SlowConsumerError",
     "StorageError",
     "SubscriptionClosedError",
     "ValidationError",
     "__version__",
+    "connect",
+    "connect_async",
     "open",
     "open_async",
 ]

@@ -410,6 +410,10 @@ class AsyncLibraryHandle:
             raise AttributeError(name)
         return getattr(self._h.info, name)
 
+    async def get_info(self) -> Library:
+        """The library as it is now (its counts, dimension, ...)."""
+        return await anyio.to_thread.run_sync(lambda: self._h.info)
+
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 

@@ -305,13 +305,16 @@ class BackgroundServer:
         settings: Settings | None = None,
         *,
         container: Container | None = None,
+        port: int = 0,
         **uvicorn_overrides: Any,
     ) -> None:
+        """``port``: 0 picks a free one (a given one lets a restarted server take the place
+        of a stopped one)."""
         self.settings = settings or Settings.from_env()
         self.app = create_app(self.settings, container=container)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((self.settings.host, 0))
+        self._sock.bind((self.settings.host, port))
         self.port: int = self._sock.getsockname()[1]
         self.server = Server(uvicorn_config(self.app, self.settings, **uvicorn_overrides))
         self.thread = threading.Thread(
