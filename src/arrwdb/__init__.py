@@ -17,13 +17,6 @@ from arrwdb.client import (
     open_async,
 )
 from arrwdb.config import Settings
-from arrwdb.remote import (
-    AsyncRemoteDatabase,
-    RemoteDatabase,
-    ServerUnavailableError,
-    connect,
-    connect_async,
-)
 from arrwdb.domain.errors import (
     AlreadyExistsError,
     ArrwdbError,
@@ -52,6 +45,13 @@ from arrwdb.domain.models import (
     SearchHit,
     SearchQuery,
     SearchResult,
+)
+from arrwdb.remote import (
+    AsyncRemoteDatabase,
+    RemoteDatabase,
+    ServerUnavailableError,
+    connect,
+    connect_async,
 )
 
 __version__ = "0.1.0"

@@ -73,7 +73,8 @@ def test_the_api_example_runs(db: DatabaseAPI) -> None:
         "Attention is all you need.",
         2017,
     )
-    assert hits[0].chunk_id and hits[0].score > 0
+    assert hits[0].chunk_id
+    assert hits[0].score > 0
     hits = lib.search(vec, k=5)
     assert hits[0].document_id == docs[0].id
     assert lib.get_document(doc.id).id == doc.id
@@ -140,14 +141,18 @@ def test_documents_and_pages(db: DatabaseAPI) -> None:
             break
     assert seen == [d.id for d in added]
     got = lib.get_document(added[2].id, include_embedding=True)
-    assert got.metadata == {"i": 2} and got.num_chunks == 1
+    assert got.metadata == {"i": 2}
+    assert got.num_chunks == 1
     (chunk,) = got.chunks
-    assert chunk.text == "t2" and chunk.position == 0
-    assert isinstance(chunk.embedding, np.ndarray) and chunk.embedding.dtype == np.float32
+    assert chunk.text == "t2"
+    assert chunk.position == 0
+    assert isinstance(chunk.embedding, np.ndarray)
+    assert chunk.embedding.dtype == np.float32
     assert chunk.embedding.tolist() == [1.0, 2.0]
     assert lib.get_document(added[2].id, include_embedding=False).chunks[0].embedding is None
     changed = lib.update_document(added[2].id, title="new")
-    assert changed.title == "new" and lib.get_document(added[2].id).title == "new"
+    assert changed.title == "new"
+    assert lib.get_document(added[2].id).title == "new"
     lib.delete_document(added[2].id)
     with pytest.raises(arrwdb.DocumentNotFoundError) as missing:
         lib.get_document(added[2].id)
@@ -168,7 +173,8 @@ def test_search(db: DatabaseAPI) -> None:
         ]
     )
     result = lib.search([1.0, 0.0], k=3)
-    assert isinstance(result, arrwdb.SearchResult) and isinstance(result[0], arrwdb.SearchHit)
+    assert isinstance(result, arrwdb.SearchResult)
+    assert isinstance(result[0], arrwdb.SearchHit)
     assert [h.text for h in result] == ["t0", "t1", "t2"]
     assert [h.text for h in lib.search(np.array([1.0, 0.0]), k=3, filter={"even": False})] == [
         "t1",
@@ -176,7 +182,8 @@ def test_search(db: DatabaseAPI) -> None:
         "t5",
     ]
     hit = lib.search([1.0, 0.0], k=1, include_embedding=True)[0]
-    assert isinstance(hit.embedding, np.ndarray) and hit.embedding.shape == (2,)
+    assert isinstance(hit.embedding, np.ndarray)
+    assert hit.embedding.shape == (2,)
     many = lib.search_many([[1.0, 0.0], [0.0, 1.0]], k=2)
     assert [[h.text for h in r] for r in many] == [["t0", "t1"], ["t9", "t8"]]
     rows = lib.search_many(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32), k=2)
@@ -249,7 +256,8 @@ def test_events_replay_and_filter(db: DatabaseAPI) -> None:
     assert [e.type for e in replay] == ["document.updated"]
     everything = list(lib.events(since="earliest", timeout=1.0))
     ids = [int(e.id) for e in everything]
-    assert ids == sorted(ids) and len(ids) == 3
+    assert ids == sorted(ids)
+    assert len(ids) == 3
     after = list(lib.events(since=everything[0].id, timeout=1.0))
     assert [e.id for e in after] == [e.id for e in everything[1:]]
     assert everything[0].timestamp.tzinfo is not None
@@ -267,7 +275,8 @@ async def test_the_async_twin(adb: AsyncDatabaseAPI) -> None:
     assert [h.document_id for h in hits] == [doc.id, docs[0].id]
     assert (await lib.get_document(doc.id)).title == "a"
     page = await lib.list_documents(limit=1)
-    assert len(page.documents) == 1 and page.next_cursor is not None
+    assert len(page.documents) == 1
+    assert page.next_cursor is not None
     await lib.update_document(doc.id, title="c")
     assert (await lib.get_info()).document_count == 2
     seen = []
