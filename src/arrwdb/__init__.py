@@ -48,6 +48,7 @@ from arrwdb.domain.models import (
 )
 from arrwdb.remote import (
     AsyncRemoteDatabase,
+    IngestResult,
     RemoteDatabase,
     ServerUnavailableError,
     connect,
@@ -70,6 +71,7 @@ __all__ = [
     "Event",
     "EventStream",
     "IndexParams",
+    "IngestResult",
     "InternalError",
     "InvalidArgumentError",
     "InvalidFilterError",

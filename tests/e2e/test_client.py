@@ -140,3 +140,61 @@ def test_an_unreachable_server_is_a_clear_error() -> None:
         db.list_libraries()
     assert "127.0.0.1:9" in str(down.value)
     assert down.value.code == "unavailable"
+
+
+def test_ingest_answers_each_line_while_the_body_is_still_being_sent(make_server: Any) -> None:
+    live = make_server()
+    produced: list[float] = []
+
+    def documents() -> Any:
+        for i in range(20):
+            produced.append(time.monotonic())
+            time.sleep(0.02)
+            bad = i == 7
+            yield {
+                "title": f"d{i}",
+                "chunks": [{"text": "t", "embedding": [1.0] if bad else [1.0, i]}],
+            }
+
+    with arrwdb.connect(live.url) as db:
+        lib = db.create_library("ingest", dimension=2, index="flat")
+        ingest = lib.ingest(documents())
+        answered: list[tuple[float, arrwdb.IngestResult]] = [(time.monotonic(), r) for r in ingest]
+        assert answered[0][0] < produced[-1]  # the first answer came before the last line left
+        results = [r for _, r in answered]
+        assert [r.line for r in results] == list(range(1, 21))
+        failed = [r for r in results if not r.success]
+        assert [(r.line, r.code) for r in failed] == [(8, "dimension_mismatch")]
+        assert all(r.document_id and r.event_id for r in results if r.success)
+        assert ingest.summary is not None
+        assert (ingest.summary["received"], ingest.summary["failed"]) == (20, 1)
+        assert lib.info.document_count == 19
+        gone = db.get_library(lib.id)
+        db.delete_library(lib.id)
+        with pytest.raises(arrwdb.LibraryNotFoundError):
+            list(gone.ingest([{"title": "x"}]))
+
+
+async def test_async_ingest(make_server: Any) -> None:
+    live = make_server(api_key="admin-secret-key-0123456789")
+    async with arrwdb.connect_async(live.url, api_key="admin-secret-key-0123456789") as db:
+        lib = await db.create_library("ingest", dimension=2, index="flat")
+        docs = (
+            {"title": f"d{i}", "chunks": [{"text": "t", "embedding": [1.0, i]}]} for i in range(500)
+        )
+        ingest = lib.ingest(docs)
+        lines = [r.line async for r in ingest if r.success]
+        assert lines == list(range(1, 501))
+        assert ingest.summary is not None
+        assert ingest.summary["added"] == 500
+        made = httpx.post(
+            f"{live.url}/v1/keys",
+            json={"name": "reader", "libraries": [lib.id], "access": "read"},
+            headers={"Authorization": "Bearer admin-secret-key-0123456789"},
+        ).json()
+    async with arrwdb.connect_async(live.url, api_key=made["key"]) as reader:
+        readable = await reader.get_library(lib.id)
+        with pytest.raises(arrwdb.ArrwdbError) as refused:
+            async for _ in readable.ingest([{"title": "x"}]):
+                pass
+        assert refused.value.code == "forbidden"

@@ -4,6 +4,7 @@ exceptions, with change streams over Server-Sent Events that resume by themselve
 
 from __future__ import annotations
 
+from arrwdb.remote._ingest import AsyncIngest, Ingest, IngestResult
 from arrwdb.remote._wire import ServerUnavailableError
 from arrwdb.remote.aio import AsyncRemoteDatabase, AsyncRemoteEventStream, AsyncRemoteLibrary
 from arrwdb.remote.sync import (
@@ -44,9 +45,12 @@ def connect_async(
 
 
 __all__ = [
+    "AsyncIngest",
     "AsyncRemoteDatabase",
     "AsyncRemoteEventStream",
     "AsyncRemoteLibrary",
+    "Ingest",
+    "IngestResult",
     "RemoteDatabase",
     "RemoteEventStream",
     "RemoteLibrary",

@@ -17,6 +17,7 @@ from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library, Page, SearchResult
 from arrwdb.remote import _calls, _wire
 from arrwdb.remote._calls import Call
+from arrwdb.remote._ingest import AsyncIngest
 from arrwdb.remote._sse import BUFFER, SILENCE, Backoff, Parser, Position, is_final
 from arrwdb.remote.sync import (
     DEFAULT_RETRIES,
@@ -182,6 +183,14 @@ class AsyncRemoteLibrary:
             batch: list[Document] = await self._http.run(call)
             added += batch
         return added
+
+    def ingest(self, documents: Iterable[Any], *, upsert: bool = False) -> AsyncIngest:
+        """``RemoteLibrary.ingest`` for ``async for``."""
+        http = self._http
+        path = f"/v1/libraries/{self.id}/documents/stream"
+        return AsyncIngest(
+            http.url, http.api_key, path, documents, upsert=upsert, timeout=http.timeout
+        )
 
     async def search(self, query: Query, k: int = 10, **kw: Any) -> SearchResult:
         opts = _calls.search_options(

@@ -21,6 +21,7 @@ from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library, NewChunk, Page, SearchResult
 from arrwdb.remote import _calls, _wire
 from arrwdb.remote._calls import Call
+from arrwdb.remote._ingest import Ingest
 from arrwdb.remote._sse import BUFFER, SILENCE, Backoff, Parser, Position, is_final
 
 T = TypeVar("T")
@@ -263,6 +264,15 @@ class RemoteLibrary:
             batch: list[Document] = self._http.run(call)
             added += batch
         return added
+
+    def ingest(self, documents: Iterable[DocumentLike], *, upsert: bool = False) -> Ingest:
+        """Stream ``documents`` to the server as NDJSON (one commit per batch the server
+        reads) and iterate one ``IngestResult`` per document as the server answers it; a bad
+        document fails its line only. ``upsert``: documents with an ``id`` replace the one of
+        that id. ``.summary`` once the iteration has ended."""
+        http = self._http
+        path = f"/v1/libraries/{self.id}/documents/stream"
+        return Ingest(http.url, http.api_key, path, documents, upsert=upsert, timeout=http.timeout)
 
     def search(
         self,
