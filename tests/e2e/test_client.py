@@ -187,11 +187,14 @@ async def test_async_ingest(make_server: Any) -> None:
         assert lines == list(range(1, 501))
         assert ingest.summary is not None
         assert ingest.summary["added"] == 500
-        made = httpx.post(
-            f"{live.url}/v1/keys",
-            json={"name": "reader", "libraries": [lib.id], "access": "read"},
-            headers={"Authorization": "Bearer admin-secret-key-0123456789"},
-        ).json()
+        async with httpx.AsyncClient(base_url=live.url) as http:
+            made = (
+                await http.post(
+                    "/v1/keys",
+                    json={"name": "reader", "libraries": [lib.id], "access": "read"},
+                    headers={"Authorization": "Bearer admin-secret-key-0123456789"},
+                )
+            ).json()
     async with arrwdb.connect_async(live.url, api_key=made["key"]) as reader:
         readable = await reader.get_library(lib.id)
         with pytest.raises(arrwdb.ArrwdbError) as refused:
