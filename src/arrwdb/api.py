@@ -147,7 +147,8 @@ class DatabaseAPI(Protocol):
 
 
 class AsyncLibraryAPI(Protocol):
-    """``LibraryAPI`` for coroutines: the same calls, awaited."""
+    """``LibraryAPI`` for coroutines: the same calls, awaited (``events`` is iterated with
+    ``async for``)."""
 
     id: str
 
@@ -165,9 +166,11 @@ class AsyncLibraryAPI(Protocol):
 
     async def search_many(self, queries: Any, k: int = 10, **kw: Any) -> list[SearchResult]: ...
 
-    async def get_document(self, document_id: str, **kw: Any) -> Document: ...
+    async def get_document(
+        self, document_id: str, *, include_embedding: bool = ...
+    ) -> Document: ...
 
-    async def list_documents(self, **kw: Any) -> Page: ...
+    async def list_documents(self, *, limit: int = 100, cursor: str | None = None) -> Page: ...
 
     async def update_document(self, document_id: str, **changes: Any) -> Document: ...
 
@@ -175,7 +178,13 @@ class AsyncLibraryAPI(Protocol):
 
     async def update(self, **changes: Any) -> Library: ...
 
-    def events(self, since: str | int | None = None, **options: Any) -> AsyncEvents: ...
+    def events(
+        self,
+        since: str | int | None = None,
+        *,
+        types: Iterable[str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncEvents: ...
 
 
 class AsyncDatabaseAPI(Protocol):
@@ -192,6 +201,12 @@ class AsyncDatabaseAPI(Protocol):
 
     async def delete_library(self, name_or_id: str) -> None: ...
 
-    def events(self, since: str | int | None = None, **options: Any) -> AsyncEvents: ...
+    def events(
+        self,
+        since: str | int | None = None,
+        *,
+        types: Iterable[str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncEvents: ...
 
     async def close(self) -> None: ...

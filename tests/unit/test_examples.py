@@ -25,3 +25,18 @@ def test_example_runs_as_written(name: str, tmp_path: Path) -> None:
     assert any("library.created" in line for line in lines)
     assert any("document.deleted" in line for line in lines)
     assert (tmp_path / "data").is_dir()
+
+
+@pytest.mark.parametrize("name", ["client_sync.py", "client_async.py"])
+def test_client_example_runs_as_written(name: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any("document.added" in line for line in lines)
+    assert any("document.deleted" in line for line in lines)
