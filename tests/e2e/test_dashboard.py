@@ -362,3 +362,24 @@ def test_api_page_in_chromium_offline(
     origin = secured.url + "/"
     assert all(url.startswith(origin) for url in _resources(driver)), _resources(driver)
     assert _csp_violations(driver) == []
+
+
+def test_without_keys_the_dashboard_asks_for_none(
+    chrome: Any, make_server: Callable[..., BackgroundServer]
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    live = make_server()
+    with httpx.Client(base_url=live.url, timeout=10) as http:
+        library = create_library(http, name="open")["id"]
+    driver = chrome
+    driver.get(live.url + "/ui")
+    row = f'#libraries tr[data-library-id="{library}"]'
+    _wait(driver, "the library list", lambda d: d.find_elements(By.CSS_SELECTOR, row))
+    assert not driver.find_element(By.ID, "key-panel").is_displayed()
+    assert not driver.find_element(By.ID, "forget-key").is_displayed()
+    _wait(
+        driver,
+        "the live stream",
+        lambda d: d.find_element(By.ID, "connection").get_attribute("data-state") == "live",
+    )
