@@ -342,7 +342,7 @@ def test_deleting_a_library_deletes_its_documents(store: Store) -> None:
     commit(store, LibraryDeleted(gone.id, "gone", utcnow()))
     assert [lib.id for lib in store.list_libraries()] == [keep.id]
     assert store.get_document(gone.id, gone_doc.id) is None
-    assert store.list_documents(gone.id, 10, None).items == []
+    assert store.list_documents(gone.id, 10, None).documents == []
     assert list(store.iter_documents(gone.id)) == []
     assert store.get_document(keep.id, kept_doc.id) is not None
 
@@ -356,7 +356,7 @@ def test_a_saved_document_replaces_its_version_in_its_listing_place(store: Store
         updated, chunks=tuple(replace(c, document_id=docs[1].id) for c in updated.chunks)
     )
     save(store, updated, replaced=True)
-    listed = store.list_documents(lib.id, 10, None).items
+    listed = store.list_documents(lib.id, 10, None).documents
     assert [d.id for d in listed] == [d.id for d in docs]
     assert [d.title for d in listed] == ["d0", "d1 v2", "d2"]
     got = store.get_document(lib.id, docs[1].id)
@@ -410,16 +410,16 @@ def test_list_documents_pages_through_every_document_once_in_insertion_order(
     while True:
         page = store.list_documents(lib.id, 7, cursor)
         pages += 1
-        assert len(page.items) <= 7
-        assert all(item.chunks == () for item in page.items)
-        seen.extend(item.id for item in page.items)
+        assert len(page.documents) <= 7
+        assert all(item.chunks == () for item in page.documents)
+        seen.extend(item.id for item in page.documents)
         if page.next_cursor is None:
             break
         cursor = page.next_cursor
     assert seen == [d.id for d in docs]
     assert pages == 4
     whole = store.list_documents(lib.id, 100, None)
-    assert [d.id for d in whole.items] == seen
+    assert [d.id for d in whole.documents] == seen
     assert whole.next_cursor is None
 
 
