@@ -424,9 +424,8 @@ class VectorDBService:
     ) -> tuple[Document, bool]:
         """``upsert_documents`` of one document, whose id is ``document_id`` (an ``id`` it
         carries must be the same: ``InvalidArgumentError`` naming ``id`` otherwise)."""
-        return self.upsert_documents(library_id, [with_id(as_new_document(document), document_id)])[
-            0
-        ]
+        doc = with_id(as_new_document(document), document_id)
+        return self.upsert_documents(library_id, [doc])[0]
 
     def get_document(
         self, library_id: str, document_id: str, *, include_embedding: bool = False

@@ -133,8 +133,9 @@ DocumentsIn = DocumentIn | list[DocumentIn]
 
 
 class DocumentPatch(Struct, kw_only=True):
-    """``PATCH .../documents/{id}``: ``title``/``metadata`` change in place; ``text`` or
-    ``chunks`` replace the content (re-chunked and re-embedded)."""
+    """``PATCH .../documents/{id}``: ``title`` and ``metadata`` change in place (``metadata``
+    merged as a JSON Merge Patch: a key set to ``null`` is removed); ``text`` or ``chunks``
+    replace the content (re-chunked and re-embedded)."""
 
     title: str | None = None
     metadata: Metadata | None = None

@@ -232,7 +232,8 @@ async def update_document(
     data: JSONBody[DocumentPatch],
     idempotency_key: IdempotencyKey = None,
 ) -> Response[DocumentOut]:
-    """Change title/metadata, or replace the content with ``text`` or ``chunks``."""
+    """Change the title, merge ``metadata`` (a JSON Merge Patch: ``null`` removes a key), or
+    replace the content with ``text`` or ``chunks``."""
     caller = caller_of(request.scope)
     update = DocumentUpdate(document_id=document_id, patch=data)
     return await write(
@@ -269,7 +270,8 @@ async def search(
     library_id: FromPath[str],
     data: JSONBody[SearchIn],
 ) -> SearchOut:
-    """The ``k`` best chunks (matching ``filter``), best first."""
+    """The ``k`` best chunks (matching ``filter``), best first; with ``group_by: "document"``
+    the best chunk of each of the ``k`` best documents."""
     caller = caller_of(request.scope)
     out: SearchOut = await runtime.dispatcher.execute("search", library_id, data, caller=caller)
     return out
