@@ -72,6 +72,18 @@ class LibraryAPI(Protocol):
 
     def add_documents(self, documents: Iterable[DocumentLike]) -> list[Document]: ...
 
+    def upsert_document(
+        self,
+        id: str,
+        title: str = "",
+        text: str | None = None,
+        *,
+        chunks: Sequence[NewChunk | Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Document: ...
+
+    def upsert_documents(self, documents: Iterable[DocumentLike]) -> list[Document]: ...
+
     def search(
         self,
         query: Query,
@@ -80,6 +92,8 @@ class LibraryAPI(Protocol):
         filter: Mapping[str, Any] | None = None,
         ef: int | None = None,
         include_embedding: bool = False,
+        include: Sequence[str] | None = None,
+        group_by: str | None = None,
     ) -> SearchResult: ...
 
     def search_many(
@@ -90,15 +104,42 @@ class LibraryAPI(Protocol):
         filter: Mapping[str, Any] | None = None,
         ef: int | None = None,
         include_embedding: bool = False,
+        include: Sequence[str] | None = None,
+        group_by: str | None = None,
     ) -> list[SearchResult]: ...
 
-    def get_document(self, document_id: str, *, include_embedding: bool = ...) -> Document: ...
+    def get_document(self, document_id: str, *, include_embedding: bool = False) -> Document: ...
+
+    def get_documents(self, ids: Sequence[str]) -> Page: ...
+
+    def query_documents(
+        self,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> Page: ...
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int: ...
 
     def list_documents(self, *, limit: int = 100, cursor: str | None = None) -> Page: ...
 
-    def update_document(self, document_id: str, **changes: Any) -> Document: ...
+    def update_document(
+        self,
+        document_id: str,
+        *,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        text: str | None = None,
+        chunks: Sequence[NewChunk | Mapping[str, Any]] | None = None,
+    ) -> Document: ...
 
     def delete_document(self, document_id: str) -> None: ...
+
+    def delete_documents(
+        self, ids: Sequence[str] | None = None, *, filter: Mapping[str, Any] | None = None
+    ) -> int: ...
 
     def update(self, **changes: Any) -> Library: ...
 
@@ -166,15 +207,44 @@ class AsyncLibraryAPI(Protocol):
 
     async def search_many(self, queries: Any, k: int = 10, **kw: Any) -> list[SearchResult]: ...
 
-    async def get_document(
-        self, document_id: str, *, include_embedding: bool = ...
+    async def upsert_document(
+        self,
+        id: str,
+        title: str = "",
+        text: str | None = None,
+        *,
+        chunks: Sequence[NewChunk | Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Document: ...
+
+    async def upsert_documents(self, documents: Iterable[Any]) -> list[Document]: ...
+
+    async def get_document(
+        self, document_id: str, *, include_embedding: bool = False
+    ) -> Document: ...
+
+    async def get_documents(self, ids: Sequence[str]) -> Page: ...
+
+    async def query_documents(
+        self,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> Page: ...
+
+    async def count(self, filter: Mapping[str, Any] | None = None) -> int: ...
 
     async def list_documents(self, *, limit: int = 100, cursor: str | None = None) -> Page: ...
 
     async def update_document(self, document_id: str, **changes: Any) -> Document: ...
 
     async def delete_document(self, document_id: str) -> None: ...
+
+    async def delete_documents(
+        self, ids: Sequence[str] | None = None, *, filter: Mapping[str, Any] | None = None
+    ) -> int: ...
 
     async def update(self, **changes: Any) -> Library: ...
 

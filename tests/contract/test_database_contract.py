@@ -292,3 +292,72 @@ async def test_the_async_twin(adb: AsyncDatabaseAPI) -> None:
     await adb.delete_library(lib.id)
     with pytest.raises(arrwdb.LibraryNotFoundError):
         await adb.get_library(lib.id)
+
+
+def test_data_calls(db: DatabaseAPI) -> None:
+    lib = db.create_library(name(), dimension=3, index="flat", embedder=None)
+
+    def chunks(*v: float) -> list[dict[str, Any]]:
+        return [{"text": "x", "embedding": list(v)}]
+
+    first = lib.upsert_document("n1", "one", chunks=chunks(1, 0, 0), metadata={"n": 1, "tag": "a"})
+    assert isinstance(first, arrwdb.Document)
+    assert (first.id, first.title) == ("n1", "one")
+    many = lib.upsert_documents(
+        [
+            {"id": "n2", "title": "two", "chunks": chunks(0.2, 1, 0), "metadata": {"n": 2}},
+            {"id": "n3", "title": "three", "chunks": chunks(0, 0, 1), "metadata": {"n": 3}},
+        ]
+    )
+    assert [d.id for d in many] == ["n2", "n3"]
+    again = lib.upsert_document("n1", "one again", chunks=chunks(1, 1, 0), metadata={"n": 1})
+    assert again.title == "one again"
+    assert lib.info.document_count == 3
+    page = lib.get_documents(["n3", "unknown", "n1"])
+    assert [d.id for d in page.documents] == ["n3", "n1"]
+    assert page.next_cursor is None
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = lib.query_documents(filter={"n": {"$gte": 2}}, limit=1, cursor=cursor)
+        seen += [d.id for d in page.documents]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == ["n2", "n3"]
+    assert (lib.count(), lib.count(filter={"n": 3})) == (3, 1)
+    patched = lib.update_document("n2", metadata={"n": None, "seen": True})
+    assert dict(patched.metadata) == {"seen": True}
+    grouped = lib.search([1, 0, 0], k=2, group_by="document", include=["metadata"])
+    assert [h.document_id for h in grouped] == ["n1", "n2"]
+    assert grouped[0].text is None
+    assert grouped[0].metadata is not None
+    assert lib.delete_documents(filter={"n": 3}) == 1
+    assert lib.delete_documents(ids=["n1", "unknown"]) == 1
+    assert [d.id for d in lib.list_documents().documents] == ["n2"]
+    with pytest.raises(arrwdb.ValidationError) as both:
+        lib.delete_documents(ids=["n2"], filter={"n": 1})
+    assert both.value.code == "invalid_argument"
+    types = [e.type for e in lib.events(since="earliest", timeout=1.0)]
+    assert types == [
+        "library.created",
+        "document.added",
+        "document.added",
+        "document.added",
+        "document.updated",
+        "document.updated",
+        "document.deleted",
+        "document.deleted",
+    ]
+
+
+@pytest.mark.anyio
+async def test_the_async_data_calls(adb: AsyncDatabaseAPI) -> None:
+    lib = await adb.create_library(name(), dimension=2, index="flat", embedder=None)
+    await lib.upsert_document("a", "A", chunks=[{"text": "x", "embedding": [1, 0]}])
+    await lib.upsert_documents([{"id": "b", "chunks": [{"text": "y", "embedding": [0, 1]}]}])
+    assert await lib.count() == 2
+    assert [d.id for d in (await lib.get_documents(["b", "a"])).documents] == ["b", "a"]
+    assert [d.id for d in (await lib.query_documents(filter={})).documents] == ["a", "b"]
+    assert await lib.delete_documents(ids=["a"]) == 1
+    assert await lib.count() == 1

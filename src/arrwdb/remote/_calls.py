@@ -4,7 +4,7 @@ The sync and the async client run the same calls (``sync.py``, ``aio.py``)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -146,6 +146,47 @@ def update_document(
     return Call("PATCH", _doc(library_id, document_id), _wire.document, body, write=True)
 
 
+def upsert_document(
+    library_id: str, document_id: str, document: Mapping[str, Any]
+) -> Call[Document]:
+    body = _wire.document_body({**document, "id": None})
+    return Call("PUT", _doc(library_id, document_id), _wire.document, body, write=True)
+
+
+def query_documents(library_id: str, fields: Mapping[str, Any]) -> Call[Page]:
+    body = {k: v for k, v in fields.items() if v is not None}
+    return Call("POST", f"{_lib(library_id)}/documents/query", _wire.page, body)
+
+
+def count(library_id: str, filter: Mapping[str, Any] | None) -> Call[int]:
+    body = {} if filter is None else {"filter": filter}
+    return Call("POST", f"{_lib(library_id)}/documents/count", lambda d: int(d["count"]), body)
+
+
+def delete_documents(
+    library_id: str, ids: Sequence[str] | None, filter: Mapping[str, Any] | None
+) -> Call[int]:
+    body = {k: v for k, v in (("ids", ids), ("filter", filter)) if v is not None}
+    return Call(
+        "POST",
+        f"{_lib(library_id)}/documents/delete",
+        lambda d: int(d["deleted"]),
+        body,
+        write=True,
+    )
+
+
+def upserted(library_id: str, results: Iterable[Any]) -> list[str]:
+    """The ids an NDJSON upsert wrote, in order; the first refused line is raised."""
+    ids: list[str] = []
+    for result in results:
+        if not result.success:
+            problem = {"code": result.code, "detail": result.error, "field": result.field}
+            raise _wire.problem_error(422, problem, result.error or "")
+        ids.append(result.document_id)
+    return ids
+
+
 def delete_document(library_id: str, document_id: str) -> Call[None]:
     return Call("DELETE", _doc(library_id, document_id), _nothing, write=True)
 
@@ -182,7 +223,8 @@ def search_options(
     include_embedding: bool,
     extra: Mapping[str, Any],
 ) -> dict[str, Any]:
-    options: dict[str, Any] = {"filter": filter, "ef": ef, **extra}
+    options: dict[str, Any] = {"filter": filter, "ef": ef}
+    options.update((k, v) for k, v in extra.items() if v is not None)
     if include_embedding:
         options["include_embedding"] = True
     return options

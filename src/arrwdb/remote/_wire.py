@@ -100,9 +100,9 @@ def search_result(d: Mapping[str, Any]) -> SearchResult:
                 chunk_id=h["chunk_id"],
                 document_id=h["document_id"],
                 document_title=h.get("document_title", ""),
-                text=h.get("text", ""),
+                text=h.get("text"),  # None when the search's include leaves it out
                 score=float(h["score"]),
-                metadata=h.get("metadata") or {},
+                metadata=h.get("metadata"),
                 position=h.get("position", 0),
                 embedding=_vector(h.get("embedding")),
             )

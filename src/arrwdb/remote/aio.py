@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -221,8 +221,46 @@ class AsyncRemoteLibrary:
     async def list_documents(self, *, limit: int = 100, cursor: str | None = None) -> Page:
         return await self._http.run(_calls.list_documents(self.id, limit, cursor))
 
+    async def get_documents(self, ids: Sequence[str]) -> Page:
+        return await self._http.run(_calls.query_documents(self.id, {"ids": list(ids)}))
+
+    async def query_documents(
+        self,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> Page:
+        fields = {"filter": filter, "limit": limit, "cursor": cursor, "ids": ids}
+        return await self._http.run(_calls.query_documents(self.id, fields))
+
+    async def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        return await self._http.run(_calls.count(self.id, filter))
+
+    async def upsert_document(
+        self, id: str, title: str = "", text: str | None = None, **kw: Any
+    ) -> Document:
+        doc = {"title": title, "text": text, **kw}
+        return await self._http.run(_calls.upsert_document(self.id, id, doc))
+
+    async def upsert_documents(self, documents: Iterable[Any]) -> list[Document]:
+        results = [r async for r in self.ingest(documents, upsert=True)]
+        ids = _calls.upserted(self.id, results)
+        found: dict[str, Document] = {}
+        for start in range(0, len(ids), 1000):
+            page = await self.get_documents(ids[start : start + 1000])
+            found.update((d.id, d) for d in page.documents)
+        return [found[i] for i in ids if i in found]
+
     async def update_document(self, document_id: str, **changes: Any) -> Document:
+        changes = {k: v for k, v in changes.items() if v is not None}
         return await self._http.run(_calls.update_document(self.id, document_id, changes))
+
+    async def delete_documents(
+        self, ids: Sequence[str] | None = None, *, filter: Mapping[str, Any] | None = None
+    ) -> int:
+        return await self._http.run(_calls.delete_documents(self.id, ids, filter))
 
     async def delete_document(self, document_id: str) -> None:
         await self._http.run(_calls.delete_document(self.id, document_id))

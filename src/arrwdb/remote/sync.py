@@ -282,10 +282,14 @@ class RemoteLibrary:
         filter: Mapping[str, Any] | None = None,
         ef: int | None = None,
         include_embedding: bool = False,
-        **options: Any,
+        include: Sequence[str] | None = None,
+        group_by: str | None = None,
     ) -> SearchResult:
-        """Search by text (``str``) or by vector (list or numpy array)."""
-        opts = _calls.search_options(filter, ef, include_embedding, options)
+        """Search by text (``str``) or by vector (list or numpy array). ``include``: any of
+        ``text``, ``metadata``, ``embedding``; ``group_by="document"``: the best chunk of each
+        of the ``k`` best documents."""
+        extra = {"include": include, "group_by": group_by}
+        opts = _calls.search_options(filter, ef, include_embedding, extra)
         return self._http.run(_calls.search(self.id, query, k, opts))
 
     def search_many(
@@ -296,14 +300,16 @@ class RemoteLibrary:
         filter: Mapping[str, Any] | None = None,
         ef: int | None = None,
         include_embedding: bool = False,
-        **options: Any,
+        include: Sequence[str] | None = None,
+        group_by: str | None = None,
     ) -> list[SearchResult]:
         """Several searches in one request (NDJSON), one result per query in order."""
         if isinstance(queries, str) or (isinstance(queries, np.ndarray) and queries.ndim != 2):
             raise InvalidArgumentError(
                 "queries must be a list of queries or a 2-D array", field="queries"
             )
-        opts = _calls.search_options(filter, ef, include_embedding, options)
+        extra = {"include": include, "group_by": group_by}
+        opts = _calls.search_options(filter, ef, include_embedding, extra)
         content = _calls.search_many_lines(queries, k, opts)
         response = self._http.send(
             "POST",
@@ -320,9 +326,72 @@ class RemoteLibrary:
     def list_documents(self, *, limit: int = 100, cursor: str | None = None) -> Page:
         return self._http.run(_calls.list_documents(self.id, limit, cursor))
 
-    def update_document(self, document_id: str, **changes: Any) -> Document:
-        """Change ``title``, ``metadata``, or replace the content with ``text``/``chunks``."""
+    def get_documents(self, ids: Sequence[str]) -> Page:
+        """The documents of ``ids`` in the order asked, without chunks; unknown ids are left
+        out."""
+        return self._http.run(_calls.query_documents(self.id, {"ids": list(ids)}))
+
+    def query_documents(
+        self,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> Page:
+        """The documents whose metadata matches ``filter`` (and among ``ids``), a page at a
+        time; follow ``next_cursor``."""
+        fields = {"filter": filter, "limit": limit, "cursor": cursor, "ids": ids}
+        return self._http.run(_calls.query_documents(self.id, fields))
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        """How many documents (whose metadata matches ``filter``)."""
+        return self._http.run(_calls.count(self.id, filter))
+
+    def upsert_document(
+        self,
+        id: str,
+        title: str = "",
+        text: str | None = None,
+        *,
+        chunks: Sequence[NewChunk | Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Document:
+        """Write the document of id ``id``: added, or replacing the one of that id."""
+        doc = {"title": title, "text": text, "chunks": chunks, "metadata": metadata}
+        return self._http.run(_calls.upsert_document(self.id, id, doc))
+
+    def upsert_documents(self, documents: Iterable[DocumentLike]) -> list[Document]:
+        """``upsert_document`` for many documents (each with its ``id``), streamed as NDJSON
+        (the server commits them in batches; a refused document is raised, after the ones
+        before it were written)."""
+        ids = _calls.upserted(self.id, self.ingest(documents, upsert=True))
+        found: dict[str, Document] = {}
+        for start in range(0, len(ids), 1000):
+            found.update((d.id, d) for d in self.get_documents(ids[start : start + 1000]).documents)
+        return [found[i] for i in ids if i in found]
+
+    def update_document(
+        self,
+        document_id: str,
+        *,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        text: str | None = None,
+        chunks: Sequence[NewChunk | Mapping[str, Any]] | None = None,
+    ) -> Document:
+        """Change ``title``, merge ``metadata`` (a JSON Merge Patch: a key set to ``None`` is
+        removed), or replace the content with ``text``/``chunks``."""
+        changes = {"title": title, "metadata": metadata, "text": text, "chunks": chunks}
+        changes = {k: v for k, v in changes.items() if v is not None}
         return self._http.run(_calls.update_document(self.id, document_id, changes))
+
+    def delete_documents(
+        self, ids: Sequence[str] | None = None, *, filter: Mapping[str, Any] | None = None
+    ) -> int:
+        """Delete the documents of ``ids`` or those whose metadata matches ``filter`` (exactly
+        one of the two), in one commit; how many were deleted."""
+        return self._http.run(_calls.delete_documents(self.id, ids, filter))
 
     def delete_document(self, document_id: str) -> None:
         self._http.run(_calls.delete_document(self.id, document_id))
