@@ -258,6 +258,13 @@ def test_an_unreachable_server_is_exit_code_3_and_one_line(command: list[str]) -
     assert "is the server running?" in line
 
 
+@pytest.mark.parametrize("url", ["localhost:8000", "http://", "ftp://host/"])
+def test_a_url_that_is_not_a_servers_address_is_a_usage_error(url: str) -> None:
+    done = arrwdb("libraries", "--url", url)
+    assert done.returncode == 2
+    assert f"--url {url!r} is not a server's address" in done.stderr
+
+
 def test_the_url_comes_from_arrwdb_url(make_server: Make) -> None:
     server = make_server()
     httpx.post(f"{server.url}/v1/libraries", json={"name": "from-env"})
@@ -295,12 +302,12 @@ def test_a_missing_or_refused_key_is_exit_code_4_naming_the_option(
 def papers(make_server: Make) -> BackgroundServer:
     server = make_server()
     lib = httpx.post(f"{server.url}/v1/libraries", json={"name": "papers"}).json()["id"]
-    for title, text in [
-        ("Attention", "Transformers use attention over sequences of tokens."),
-        ("Graphs", "Graph neural networks pass messages between nodes."),
-        ("Markup", "A [bold]text[/bold] with brackets shows as written."),
+    for title, text, year in [
+        ("Attention", "Transformers use attention over sequences of tokens.", 2017),
+        ("Graphs", "Graph neural networks pass messages between nodes.", 2019),
+        ("Markup", "A [bold]text[/bold] with brackets shows as written.", 2020),
     ]:
-        body = {"title": title, "text": text}
+        body = {"title": title, "text": text, "metadata": {"year": year}}
         assert httpx.post(f"{server.url}/v1/libraries/{lib}/documents", json=body).is_success
     return server
 
@@ -326,6 +333,18 @@ def test_search_json_gives_one_result_per_line(papers: BackgroundServer) -> None
     assert results[0]["rank"] == 1
     assert results[0]["document_title"] == "Graphs"
     assert {"score", "document_id", "chunk_id", "text", "metadata"} <= set(results[0])
+
+
+def test_search_takes_a_metadata_filter(papers: BackgroundServer) -> None:
+    year = json.dumps({"year": {"$gte": 2019}})
+    args = ("search", "papers", "attention transformers", "--json", "--url", papers.url)
+    done = arrwdb(*args, "--filter", year)
+    assert done.returncode == 0, done.stderr
+    found = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(hit["document_title"] for hit in found) == ["Graphs", "Markup"]
+    bad = arrwdb(*args, "--filter", "[1]")
+    assert bad.returncode == 2
+    assert "a filter is a JSON object" in bad.stderr
 
 
 def test_libraries_lists_each_library(papers: BackgroundServer) -> None:
@@ -376,6 +395,9 @@ def test_a_local_store_ingests_in_batches_and_searches(tmp_path: Path) -> None:
     assert events.returncode == 0, events.stderr
     kinds = [json.loads(line)["type"] for line in events.stdout.splitlines()]
     assert kinds == ["library.created"] + ["document.added"] * 599
+    only = arrwdb("tail", "--since", "earliest", "--types", "library.created", "--data-dir", store)
+    assert only.stdout.split()[:3] == ["1", "library.created", "local"]
+    assert len(only.stdout.splitlines()) == 1
     if not hasattr(arrwdb_api.LibraryHandle, "upsert_documents"):  # not in this version
         refused = arrwdb("ingest", str(source), "-l", "local", "--upsert", "--data-dir", store)
         assert refused.returncode == 2

@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from arrwdb.api import DatabaseAPI, LibraryAPI
 from arrwdb.domain.errors import (
@@ -97,6 +98,12 @@ class Session:
             return self.target
         from arrwdb.remote import connect
 
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            option = "--url" if args.url else "ARRWDB_URL"
+            raise CommandError(
+                f"{option} {self.url!r} is not a server's address (http://HOST:PORT)", USAGE
+            )
         key = self._api_key()
         self.target = Target(connect(self.url, key, timeout=args.timeout), self.where, local=False)
         return self.target

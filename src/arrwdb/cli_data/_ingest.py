@@ -215,7 +215,7 @@ def _into_server(lib: Any, items: Iterator[Item], report: Report, upsert: bool) 
     with lib.ingest(documents(), upsert=upsert) as stream:
         for result in stream:
             report.answered += 1
-            item = sent.pop(result.line)
+            item = sent.pop(result.line, None) or Item(f"document {result.line}", result.line, None)
             if result.success:
                 report.success()
             else:
