@@ -146,7 +146,27 @@ def test_ingest_reads_standard_input(make_server: Make) -> None:
     done = arrwdb("ingest", "-", "-l", "piped", "--create", "--url", server.url, stdin=lines)
     assert done.returncode == 0, done.stderr
     assert "3 received, 3 added, 0 failed" in done.stdout
+    assert "3/3" in done.stderr  # the total, known once all is read
     assert library_of(server.url, "piped")["document_count"] == 3
+
+
+def test_ingest_reads_a_pipe_given_as_a_file(make_server: Make, tmp_path: Path) -> None:
+    """As ``arrwdb ingest <(zcat dump.jsonl.gz)`` gives it: a file that can be read once."""
+    server = make_server()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "w", encoding="utf-8") as pipe:
+            for i in range(4):
+                pipe.write(json.dumps({"title": f"fed {i}", "text": f"fed text {i}"}) + "\n")
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    done = arrwdb("ingest", str(fifo), "-l", "fed", "--create", "--url", server.url)
+    feeder.join(10)
+    assert done.returncode == 0, done.stderr
+    assert "4 received, 4 added, 0 failed" in done.stdout
 
 
 def notes(root: Path) -> Path:

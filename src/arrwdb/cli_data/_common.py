@@ -92,8 +92,8 @@ class Session:
             try:
                 db: DatabaseAPI = open_store(self.data_dir)
             except StorageError as exc:
-                hint = " (a server on it is reached with --url)" if "in use" in str(exc) else ""
-                raise CommandError(f"{exc}{hint}") from None
+                advice = " (a server on it is reached with --url)" if "in use" in str(exc) else ""
+                raise CommandError(f"{exc}{advice}") from None
             self.target = Target(db, self.where, local=True)
             return self.target
         from arrwdb.remote import connect

@@ -123,6 +123,8 @@ def _source(path: str, upsert: bool) -> tuple[int | None, Iterator[Item], IO[byt
         file = open(path, "rb")  # noqa: SIM115 - closed by ``main``
     except OSError as exc:
         raise CommandError(f"{path}: {exc.strerror}", USAGE) from None
+    if not file.seekable():  # a pipe (``<(zcat dump.gz)``): read once, its size unknown
+        return None, _lines(file), file
     total = sum(1 for line in file if line.strip())
     file.seek(0)
     return total, _lines(file), file
@@ -268,6 +270,8 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
+        if speed is None and task.elapsed:
+            speed = task.completed / task.elapsed
         return Text("? docs/s" if speed is None else f"{speed:,.0f} docs/s", style="cyan")
 
 
@@ -312,7 +316,10 @@ class Report:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, error: type[BaseException] | None, *exc: object) -> None:
+        task = self.progress.tasks[0]
+        if task.total is None and error is None:  # all read: the size is known now
+            self.progress.update(self.task, total=task.completed)
         self.progress.stop()
 
     def success(self, count: int = 1) -> None:
