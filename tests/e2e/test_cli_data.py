@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 
-import arrwdb as arrwdb_api
 from arrwdb.config import Settings
 from arrwdb.server import BackgroundServer
 
@@ -194,28 +193,10 @@ def test_a_directory_of_text_files_becomes_documents(make_server: Make, tmp_path
     ]
 
 
-def server_upserts(url: str) -> bool:
-    """Whether the server applies ``POST .../documents/stream?upsert=true``."""
-    lib = httpx.post(f"{url}/v1/libraries", json={"name": "upsert-probe"}).json()["id"]
-    line = json.dumps({"id": "probe", "title": "probe", "text": "probe"}) + "\n"
-    answers = []
-    for _ in range(2):
-        response = httpx.post(
-            f"{url}/v1/libraries/{lib}/documents/stream?upsert=true",
-            content=line,
-            headers={"Content-Type": "application/x-ndjson"},
-        )
-        answers.append(json.loads(response.text.splitlines()[0]))
-    httpx.delete(f"{url}/v1/libraries/{lib}")
-    return all(answer["success"] for answer in answers)
-
-
 def test_running_a_directory_again_with_upsert_updates_its_documents(
     make_server: Make, tmp_path: Path
 ) -> None:
     server = make_server()
-    if not server_upserts(server.url):
-        pytest.skip("the server of this version does not apply ?upsert=true to NDJSON ingest")
     root = notes(tmp_path / "notes")
     args = ("ingest", str(root), "-l", "notes", "--create", "--upsert", "--url", server.url)
     first = arrwdb(*args)
@@ -229,19 +210,6 @@ def test_running_a_directory_again_with_upsert_updates_its_documents(
         "search", "notes", "hyperbolic geometry", "-k", "1", "--json", "--url", server.url
     )
     assert json.loads(hits.stdout.splitlines()[0])["document_title"] == "alpha.md"
-
-
-def test_upsert_on_a_server_without_it_says_so(make_server: Make, tmp_path: Path) -> None:
-    server = make_server()
-    if server_upserts(server.url):
-        pytest.skip("this server applies ?upsert=true")
-    root = notes(tmp_path / "notes")
-    args = ("ingest", str(root), "-l", "notes", "--create", "--upsert", "--url", server.url)
-    assert arrwdb(*args).returncode == 0
-    again = arrwdb(*args)
-    assert again.returncode == 1
-    assert "alpha.md: document id 'alpha.md' is taken [already_exists]" in again.stderr
-    assert "this server does not apply --upsert" in again.stderr
 
 
 def test_a_missing_library_without_create_is_refused_with_a_hint(
@@ -418,10 +386,16 @@ def test_a_local_store_ingests_in_batches_and_searches(tmp_path: Path) -> None:
     only = arrwdb("tail", "--since", "earliest", "--types", "library.created", "--data-dir", store)
     assert only.stdout.split()[:3] == ["1", "library.created", "local"]
     assert len(only.stdout.splitlines()) == 1
-    if not hasattr(arrwdb_api.LibraryHandle, "upsert_documents"):  # not in this version
-        refused = arrwdb("ingest", str(source), "-l", "local", "--upsert", "--data-dir", store)
-        assert refused.returncode == 2
-        assert "--upsert is not supported on a local store" in refused.stderr
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("first version")
+    upsert = ("ingest", str(notes), "-l", "local", "--upsert", "--data-dir", store)
+    assert arrwdb(*upsert).returncode == 0
+    (notes / "a.md").write_text("second version")
+    again = arrwdb(*upsert)
+    assert again.returncode == 0, again.stderr
+    listed = arrwdb("libraries", "--json", "--data-dir", store)
+    assert json.loads(listed.stdout)["document_count"] == 600  # replaced, not added
 
 
 # -- tail -----------------------------------------------------------------------------------

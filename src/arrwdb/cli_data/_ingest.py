@@ -70,14 +70,7 @@ def main(args: argparse.Namespace, session: Session) -> int:
             lib = target.db.get_or_create_library(args.library, **options)
         else:
             lib = get_library(target, args.library, session, hint="add --create to create it")
-        upsert_documents = None
-        if target.local and args.upsert:
-            upsert_documents = getattr(lib, "upsert_documents", None)
-            if upsert_documents is None:
-                raise CommandError(
-                    "--upsert is not supported on a local store (--data-dir) by this version",
-                    USAGE,
-                )
+        upsert_documents = lib.upsert_documents if target.local and args.upsert else None
         report = Report(total, show=args.progress)
         try:
             with report:

@@ -43,7 +43,7 @@ def search(args: argparse.Namespace, session: Session) -> int:
                 "chunk_id": hit.chunk_id,
                 "position": hit.position,
                 "text": hit.text,
-                "metadata": dict(hit.metadata),
+                "metadata": dict(hit.metadata or {}),
             }
             print(json.dumps(line, ensure_ascii=False, default=str), flush=True)
         return OK
@@ -70,7 +70,7 @@ def search(args: argparse.Namespace, session: Session) -> int:
     table.add_column("document", no_wrap=True)
     for number, score, title, hit, doc in zip(ranks, scores, titles, hits, ids, strict=True):
         # the text on one line (its whitespace as spaces), cut to the room there is
-        table.add_row(number, score, title, _cut(" ".join(hit.text.split()), room), doc)
+        table.add_row(number, score, title, _cut(" ".join((hit.text or "").split()), room), doc)
     console.print(table)
     return OK
 

@@ -145,9 +145,11 @@ def encode(value: Any) -> bytes:
         raise errors.InvalidArgumentError(str(exc)) from None
 
 
-def _chunk(c: NewChunk | Mapping[str, Any]) -> dict[str, Any]:
+def _chunk(c: Any) -> Any:
     if isinstance(c, NewChunk):
         c = {"text": c.text, "embedding": c.embedding, "metadata": c.metadata}
+    if not isinstance(c, Mapping):
+        return c  # sent as it is: the server says what is wrong with it
     return {k: v for k, v in c.items() if v is not None}
 
 
@@ -169,8 +171,9 @@ def document_body(doc: NewDocument | Mapping[str, Any]) -> dict[str, Any]:
             field="documents",
         )
     body = {k: v for k, v in fields.items() if v is not None}
-    if "chunks" in body:
-        body["chunks"] = [_chunk(c) for c in body["chunks"]]
+    chunks = body.get("chunks")
+    if isinstance(chunks, list | tuple):
+        body["chunks"] = [_chunk(c) for c in chunks]
     return body
 
 
