@@ -111,7 +111,7 @@ def listed(store: DiskStore, library_id: str, limit: int) -> list[str]:
     cursor = None
     while True:
         page = store.list_documents(library_id, limit, cursor)
-        ids.extend(d.id for d in page.items)
+        ids.extend(d.id for d in page.documents)
         if page.next_cursor is None:
             return ids
         cursor = page.next_cursor

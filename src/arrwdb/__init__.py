@@ -3,6 +3,8 @@
 >>> import arrwdb
 >>> db = arrwdb.open()                      # in memory; arrwdb.open("./data") is durable
 >>> lib = db.create_library("papers")
+
+``arrwdb.connect("http://127.0.0.1:8000")`` gives the same API as a client of a server.
 """
 
 from arrwdb.client import (
@@ -44,6 +46,14 @@ from arrwdb.domain.models import (
     SearchQuery,
     SearchResult,
 )
+from arrwdb.remote import (
+    AsyncRemoteDatabase,
+    IngestResult,
+    RemoteDatabase,
+    ServerUnavailableError,
+    connect,
+    connect_async,
+)
 
 __version__ = "0.1.0"
 
@@ -52,6 +62,7 @@ __all__ = [
     "ArrwdbError",
     "AsyncDatabase",
     "AsyncLibraryHandle",
+    "AsyncRemoteDatabase",
     "Chunk",
     "Database",
     "DimensionMismatchError",
@@ -60,6 +71,7 @@ __all__ = [
     "Event",
     "EventStream",
     "IndexParams",
+    "IngestResult",
     "InternalError",
     "InvalidArgumentError",
     "InvalidFilterError",
@@ -71,15 +83,19 @@ __all__ = [
     "NewDocument",
     "NotFoundError",
     "Page",
+    "RemoteDatabase",
     "SearchHit",
     "SearchQuery",
     "SearchResult",
+    "ServerUnavailableError",
     "Settings",
     "SlowConsumerError",
     "StorageError",
     "SubscriptionClosedError",
     "ValidationError",
     "__version__",
+    "connect",
+    "connect_async",
     "open",
     "open_async",
 ]

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from arrwdb import cli_data  # ingest, search, tail, libraries
 from arrwdb.config import Settings
 
 DEFAULT_DATA_DIR = "./arrwdb-data"
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     snapshot.add_argument("destination", help="an empty or new directory for the backup")
     snapshot.add_argument("--data-dir", help=f"the data directory ({DEFAULT_DATA_DIR})")
+    cli_data.add_commands(commands)
     return parser
 
 
@@ -197,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "snapshot":
         return _snapshot(args)
+    if args.command in cli_data.COMMANDS:
+        return cli_data.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

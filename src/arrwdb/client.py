@@ -220,6 +220,32 @@ class LibraryHandle:
         """Add many documents in one commit: the fast path for bulk loads."""
         return self._service.add_documents(self.id, documents)
 
+    def upsert_document(
+        self,
+        id: str,
+        title: str = "",
+        text: str | None = None,
+        *,
+        chunks: Sequence[NewChunk | Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Document:
+        """Write the document of id ``id``: added (``document.added``), or replacing the one
+        of that id, its content, title and metadata (``document.updated``)."""
+        doc = NewDocument(
+            title=title,
+            text=text,
+            chunks=None if chunks is None else list(chunks),  # type: ignore[arg-type]
+            metadata=metadata or {},
+            id=id,
+        )
+        return self._service.upsert_document(self.id, id, doc)[0]
+
+    def upsert_documents(
+        self, documents: Iterable[NewDocument | Mapping[str, Any]]
+    ) -> list[Document]:
+        """``upsert_document`` for many documents (each with its ``id``), in one commit."""
+        return [doc for doc, _ in self._service.upsert_documents(self.id, documents)]
+
     def search(
         self,
         query: Query,
@@ -228,12 +254,24 @@ class LibraryHandle:
         filter: Mapping[str, Any] | None = None,
         ef: int | None = None,
         include_embedding: bool = False,
+        include: Sequence[str] | None = None,
+        group_by: str | None = None,
     ) -> SearchResult:
-        """Search by text (``str``) or by vector (list or numpy array)."""
+        """Search by text (``str``) or by vector (list or numpy array). ``include``: any of
+        ``text``, ``metadata``, ``embedding`` (default text and metadata; what is left out is
+        ``None`` on the hits); ``group_by="document"``: the best chunk of each of the ``k``
+        best documents."""
         text = query if isinstance(query, str) else None
         vector = None if isinstance(query, str) else query
         q = SearchQuery(
-            text=text, vector=vector, k=k, filter=filter, ef=ef, include_embedding=include_embedding
+            text=text,
+            vector=vector,
+            k=k,
+            filter=filter,
+            ef=ef,
+            include_embedding=include_embedding,
+            include=include,
+            group_by=group_by,
         )
         return self._service.search(self.id, q)
 
@@ -245,13 +283,22 @@ class LibraryHandle:
         filter: Mapping[str, Any] | None = None,
         ef: int | None = None,
         include_embedding: bool = False,
+        include: Sequence[str] | None = None,
+        group_by: str | None = None,
     ) -> list[SearchResult]:
         """Several searches in one call, one result per query in order, each as ``search``
         gives it. ``queries``: texts, vectors, or a 2-D numpy array (one query per row).
         Vector queries are searched as one batch (the index's batched path)."""
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             return self._service.search_vectors(
-                self.id, queries, k=k, filter=filter, ef=ef, include_embedding=include_embedding
+                self.id,
+                queries,
+                k=k,
+                filter=filter,
+                ef=ef,
+                include_embedding=include_embedding,
+                include=include,
+                group_by=group_by,
             )
         if isinstance(queries, str | np.ndarray):
             raise InvalidArgumentError(
@@ -265,23 +312,68 @@ class LibraryHandle:
                 filter=filter,
                 ef=ef,
                 include_embedding=include_embedding,
+                include=include,
+                group_by=group_by,
             )
             for q in queries
         ]
         return self._service.search_many(self.id, batch)
 
-    def get_document(self, document_id: str, *, include_embedding: bool = True) -> Document:
+    def get_document(self, document_id: str, *, include_embedding: bool = False) -> Document:
+        """A document with its chunks (their embeddings with ``include_embedding``)."""
         return self._service.get_document(self.id, document_id, include_embedding=include_embedding)
+
+    def get_documents(self, ids: Sequence[str]) -> Page:
+        """The documents of ``ids`` (at most 1,000) in the order asked, without chunks;
+        unknown ids are left out (``next_cursor`` is ``None``)."""
+        return self._service.get_documents(self.id, ids)
+
+    def query_documents(
+        self,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> Page:
+        """The documents whose metadata matches ``filter`` (and among ``ids``, if given), in
+        insertion order (with ``ids``: theirs), without chunks, ``limit`` (100) a page; follow
+        ``next_cursor``."""
+        return self._service.query_documents(
+            self.id, ids=ids, filter=filter, limit=limit, cursor=cursor
+        )
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        """How many documents (whose metadata matches ``filter``)."""
+        return self._service.count_documents(self.id, filter)
 
     def list_documents(self, *, limit: int = 100, cursor: str | None = None) -> Page:
         return self._service.list_documents(self.id, limit=limit, cursor=cursor)
 
-    def update_document(self, document_id: str, **changes: Any) -> Document:
-        """Change ``title``, ``metadata``, or replace the content with ``text``/``chunks``."""
-        return self._service.update_document(self.id, document_id, **changes)
+    def update_document(
+        self,
+        document_id: str,
+        *,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        text: str | None = None,
+        chunks: Sequence[NewChunk | Mapping[str, Any]] | None = None,
+    ) -> Document:
+        """Change ``title``, merge ``metadata`` (a JSON Merge Patch: a key set to ``None`` is
+        removed), or replace the content with ``text``/``chunks``."""
+        return self._service.update_document(
+            self.id, document_id, title=title, metadata=metadata, text=text, chunks=chunks
+        )
 
     def delete_document(self, document_id: str) -> None:
         self._service.delete_document(self.id, document_id)
+
+    def delete_documents(
+        self, ids: Sequence[str] | None = None, *, filter: Mapping[str, Any] | None = None
+    ) -> int:
+        """Delete the documents of ``ids`` (unknown ones skipped) or those whose metadata
+        matches ``filter`` (exactly one of the two), in one commit; how many were deleted."""
+        return self._service.delete_documents(self.id, ids=ids, filter=filter)
 
     def update(self, **changes: Any) -> Library:
         """Change ``name``, ``description`` or ``metadata``."""
@@ -430,6 +522,10 @@ class AsyncLibraryHandle:
             raise AttributeError(name)
         return getattr(self._h.info, name)
 
+    async def get_info(self) -> Library:
+        """The library as it is now (its counts, dimension, ...)."""
+        return await anyio.to_thread.run_sync(lambda: self._h.info)
+
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
@@ -439,6 +535,26 @@ class AsyncLibraryHandle:
 
     async def add_documents(self, documents: Iterable[Any]) -> list[Document]:
         result: list[Document] = await self._run(self._h.add_documents, list(documents))
+        return result
+
+    async def upsert_document(
+        self,
+        id: str,
+        title: str = "",
+        text: str | None = None,
+        *,
+        chunks: Sequence[NewChunk | Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Document:
+        result: Document = await self._run(
+            self._h.upsert_document, id, title, text, chunks=chunks, metadata=metadata
+        )
+        return result
+
+    async def upsert_documents(
+        self, documents: Iterable[NewDocument | Mapping[str, Any]]
+    ) -> list[Document]:
+        result: list[Document] = await self._run(self._h.upsert_documents, list(documents))
         return result
 
     async def search(self, query: Query, k: int = 10, **kw: Any) -> SearchResult:
@@ -453,6 +569,27 @@ class AsyncLibraryHandle:
         result: Document = await self._run(self._h.get_document, document_id, **kw)
         return result
 
+    async def get_documents(self, ids: Sequence[str]) -> Page:
+        result: Page = await self._run(self._h.get_documents, ids)
+        return result
+
+    async def query_documents(
+        self,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> Page:
+        result: Page = await self._run(
+            self._h.query_documents, filter=filter, limit=limit, cursor=cursor, ids=ids
+        )
+        return result
+
+    async def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        result: int = await self._run(self._h.count, filter)
+        return result
+
     async def list_documents(self, **kw: Any) -> Page:
         result: Page = await self._run(self._h.list_documents, **kw)
         return result
@@ -463,6 +600,12 @@ class AsyncLibraryHandle:
 
     async def delete_document(self, document_id: str) -> None:
         await self._run(self._h.delete_document, document_id)
+
+    async def delete_documents(
+        self, ids: Sequence[str] | None = None, *, filter: Mapping[str, Any] | None = None
+    ) -> int:
+        result: int = await self._run(self._h.delete_documents, ids, filter=filter)
+        return result
 
     async def update(self, **changes: Any) -> Library:
         result: Library = await self._run(self._h.update, **changes)

@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` builds the container (the composition root), and registers the
 routers of the transports named in ``settings.transports`` (``ARRWDB_TRANSPORTS``; default all:
-``rest``, ``ndjson``, ``sse``, ``websocket``) plus health. A new transport is one module in
+``rest``, ``ndjson``, ``sse``, ``websocket``) plus health, the API page (``/schema``) and,
+with REST, the dashboard (``/ui``). A new transport is one module in
 ``arrwdb.transports`` with a ``router()`` function, and one entry in :data:`TRANSPORTS`.
 
 Lifecycle: the app's lifespan opens the container's resources (loading the store) and, at the
@@ -29,17 +30,12 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import (
-    RedocRenderPlugin,
-    ScalarRenderPlugin,
-    SwaggerRenderPlugin,
-)
 
 from arrwdb._http_protocol import with_header_timeout
 from arrwdb.config import Settings
 from arrwdb.container import Container, build_container
 from arrwdb.domain.errors import ArrwdbError
-from arrwdb.transports import keys, metrics, rest, sse, streaming, ws
+from arrwdb.transports import apidocs, keys, metrics, rest, sse, streaming, ui, ws
 from arrwdb.transports.errors import EXCEPTION_HANDLERS
 from arrwdb.transports.guard import Guard, is_loopback, redact_access_log
 from arrwdb.transports.metrics import Metrics
@@ -101,8 +97,11 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             logger.info("arrwDB stopped")
 
     routers = [rest.health_router()] + [TRANSPORTS[name]() for name in settings.transports]
+    public_pages, public_files = apidocs.PUBLIC_PAGES, [apidocs.PUBLIC_FILES]
     if "rest" in settings.transports:
-        routers.append(keys.router())
+        routers += [keys.router(), ui.router()]
+        public_pages |= ui.PUBLIC_PAGES
+        public_files.append(ui.PUBLIC_FILES)
     measured = Metrics(runtime)
     runtime.metrics_exposition = measured.exposition
     if settings.metrics_port is None:
@@ -114,6 +113,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         bound_host=settings.host,
         allowed_hosts=settings.allowed_hosts,
         cors_origins=settings.cors_origins,
+        public_pages=public_pages,
+        public_files=tuple(public_files),
     )
     app = Litestar(
         route_handlers=routers,
@@ -132,12 +133,9 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             version=rest.VERSION,
             description="A vector database with real-time change streams. The WebSocket, "
             "SSE and NDJSON protocols are described in docs/protocol.md.",
-            path="/schema",
-            render_plugins=[
-                SwaggerRenderPlugin(path="/swagger"),
-                RedocRenderPlugin(path="/redoc"),
-                ScalarRenderPlugin(path="/scalar"),
-            ],
+            path=apidocs.PATH,
+            render_plugins=[apidocs.SwaggerPage()],
+            openapi_router=apidocs.router(),
         ),
         logging_config=None,
         state=State({"runtime": runtime}),
@@ -324,13 +322,16 @@ class BackgroundServer:
         settings: Settings | None = None,
         *,
         container: Container | None = None,
+        port: int = 0,
         **uvicorn_overrides: Any,
     ) -> None:
+        """``port``: 0 picks a free one (a given one lets a restarted server take the place
+        of a stopped one)."""
         self.settings = settings or Settings.from_env()
         self.app = create_app(self.settings, container=container)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((self.settings.host, 0))
+        self._sock.bind((self.settings.host, port))
         self.port: int = self._sock.getsockname()[1]
         self.server = Server(uvicorn_config(self.app, self.settings, **uvicorn_overrides))
         self.thread = threading.Thread(

@@ -38,6 +38,7 @@ from arrwdb.domain.errors import (
     IdempotencyMismatchError,
     InvalidArgumentError,
 )
+from arrwdb.domain.filters import compile_filter
 from arrwdb.domain.models import Chunk, Document, Library, new_id, utcnow
 from arrwdb.domain.ports import EventHistory, Head, Store
 
@@ -342,7 +343,7 @@ def test_deleting_a_library_deletes_its_documents(store: Store) -> None:
     commit(store, LibraryDeleted(gone.id, "gone", utcnow()))
     assert [lib.id for lib in store.list_libraries()] == [keep.id]
     assert store.get_document(gone.id, gone_doc.id) is None
-    assert store.list_documents(gone.id, 10, None).items == []
+    assert store.list_documents(gone.id, 10, None).documents == []
     assert list(store.iter_documents(gone.id)) == []
     assert store.get_document(keep.id, kept_doc.id) is not None
 
@@ -356,7 +357,7 @@ def test_a_saved_document_replaces_its_version_in_its_listing_place(store: Store
         updated, chunks=tuple(replace(c, document_id=docs[1].id) for c in updated.chunks)
     )
     save(store, updated, replaced=True)
-    listed = store.list_documents(lib.id, 10, None).items
+    listed = store.list_documents(lib.id, 10, None).documents
     assert [d.id for d in listed] == [d.id for d in docs]
     assert [d.title for d in listed] == ["d0", "d1 v2", "d2"]
     got = store.get_document(lib.id, docs[1].id)
@@ -410,17 +411,61 @@ def test_list_documents_pages_through_every_document_once_in_insertion_order(
     while True:
         page = store.list_documents(lib.id, 7, cursor)
         pages += 1
-        assert len(page.items) <= 7
-        assert all(item.chunks == () for item in page.items)
-        seen.extend(item.id for item in page.items)
+        assert len(page.documents) <= 7
+        assert all(item.chunks == () for item in page.documents)
+        seen.extend(item.id for item in page.documents)
         if page.next_cursor is None:
             break
         cursor = page.next_cursor
     assert seen == [d.id for d in docs]
     assert pages == 4
     whole = store.list_documents(lib.id, 100, None)
-    assert [d.id for d in whole.items] == seen
+    assert [d.id for d in whole.documents] == seen
     assert whole.next_cursor is None
+
+
+def test_documents_are_listed_and_counted_by_their_metadata(store: Store) -> None:
+    lib = create(store)
+    docs = [document(lib.id, f"d{i:02}", chunks=1, seed=i) for i in range(12)]
+    save(store, *docs[:6])
+    save(store, *docs[6:])
+    even = compile_filter({"seed": {"$in": list(range(0, 12, 2))}})
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = store.list_documents(lib.id, 4, cursor, even)
+        assert len(page.documents) <= 4
+        assert all(item.chunks == () for item in page.documents)
+        seen.extend(item.id for item in page.documents)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [d.id for d in docs[::2]]
+    assert store.count_documents(lib.id, even) == 6
+    # a replaced document keeps its place; one whose metadata no longer matches drops out
+    save(store, replace(docs[0], metadata={"seed": 1}), replaced=True)
+    assert [d.id for d in store.list_documents(lib.id, 100, None, even).documents] == seen[1:]
+    assert store.count_documents(lib.id, even) == 5
+    assert store.count_documents("nope", even) == 0
+    assert store.list_documents("nope", 10, None, even).documents == []
+
+
+def test_a_write_sees_every_document_of_a_library_in_its_head(store: Store) -> None:
+    lib = create(store)
+    docs = [document(lib.id, f"d{i}", chunks=1, seed=i) for i in range(5)]
+    save(store, *docs[:3])
+    save(store, *docs[3:])
+    commit(store, DocumentDeleted(lib.id, docs[1].id, docs[1].title, utcnow()))
+    seen: list[list[str]] = []
+
+    def build(head: Head) -> Sequence[Change]:
+        seen.append([d.id for d in head.documents(lib.id)])
+        assert all(len(d.chunks) == 1 for d in head.documents(lib.id))
+        assert list(head.documents("nope")) == []
+        return []
+
+    store.write(build).wait()
+    assert seen == [[d.id for i, d in enumerate(docs) if i != 1]]
 
 
 @pytest.mark.parametrize("cursor", ["not-a-cursor", "٣", "9" * 4_400])

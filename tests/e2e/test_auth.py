@@ -157,6 +157,15 @@ def _doc_route(method: str, on: str, body: Any = None) -> Callable[..., tuple[st
     return prepare
 
 
+def _delete_documents_route(on: str) -> Callable[..., tuple[str, str, Any]]:
+    def prepare(admin: httpx.Client, a: str, b: str) -> tuple[str, str, Any]:
+        lib = a if on == "a" else b
+        body = {"ids": [new_document(admin, lib)]}
+        return "POST", f"/v1/libraries/{lib}/documents/delete", body
+
+    return prepare
+
+
 def _key_id(admin: httpx.Client, library_id: str) -> str:
     body = {"name": "r", "libraries": [library_id], "access": "read"}
     return str(admin.post("/v1/keys", json=body).json()["id"])
@@ -224,6 +233,26 @@ for side in ("a", "b"):
         Route(f"get document {side}", "read", side, _doc_route("GET", side)),
         Route(f"update document {side}", "write", side, _doc_route("PATCH", side, {"title": "y"})),
         Route(f"delete document {side}", "write", side, _doc_route("DELETE", side)),
+        Route(f"upsert document {side}", "write", side, _doc_route("PUT", side, DOC)),
+        Route(
+            f"query documents {side}",
+            "read",
+            side,
+            _lib_route("POST", side, "/documents/query", {"filter": {}, "limit": 5}),
+        ),
+        Route(f"count {side}", "read", side, _lib_route("POST", side, "/documents/count", {})),
+        Route(f"delete documents {side}", "write", side, _delete_documents_route(side)),
+        Route(
+            f"NDJSON upsert {side}",
+            "write",
+            side,
+            _lib_route(
+                "POST",
+                side,
+                "/documents/stream?upsert=true",
+                (json.dumps(DOC | {"id": "same"}) + "\n").encode(),
+            ),
+        ),
         Route(
             f"NDJSON ingest {side}",
             "write",

@@ -373,7 +373,7 @@ class DiskCrashMachine(RuleBasedStateMachine):
                 view(d) for d in docs.values()
             ]
         for gone in self.created - model.libraries.keys():
-            assert store.list_documents(gone, 10, None).items == []
+            assert store.list_documents(gone, 10, None).documents == []
 
     @invariant()
     def writes_are_checked_against_the_model(self) -> None:

@@ -84,7 +84,7 @@ class ReplayMachine(RuleBasedStateMachine):
 
     def _document(self, library_id: str, which: int) -> str | None:
         try:
-            items = self.service.list_documents(library_id, limit=1000).items
+            items = self.service.list_documents(library_id, limit=1000).documents
         except ArrwdbError:
             return None
         return items[which % len(items)].id if items else None

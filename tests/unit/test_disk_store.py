@@ -290,7 +290,7 @@ def test_list_cursors_stay_valid_across_a_restart(tmp_path: Path, how: str) -> N
         lib, docs = fill(store, 6)
         commit(store, DocumentDeleted(lib.id, docs[1].id, docs[1].title, utcnow()))
         first = store.list_documents(lib.id, 2, None)
-        assert [d.id for d in first.items] == [docs[0].id, docs[2].id]
+        assert [d.id for d in first.documents] == [docs[0].id, docs[2].id]
         if how == "snapshot":
             store.snapshot()
         elif how == "backup":
@@ -298,11 +298,11 @@ def test_list_cursors_stay_valid_across_a_restart(tmp_path: Path, how: str) -> N
             path = tmp_path / "backup"
     with DiskStore(path) as store:
         rest = store.list_documents(lib.id, 10, first.next_cursor)
-        assert [d.id for d in rest.items] == [d.id for d in docs[3:]]
+        assert [d.id for d in rest.documents] == [d.id for d in docs[3:]]
         later = make_document(lib.id, "later", 1, seed=77)
         commit(store, DocumentSaved(later, False, utcnow()))
         rest = store.list_documents(lib.id, 10, first.next_cursor)
-        assert [d.id for d in rest.items] == [d.id for d in docs[3:]] + [later.id]
+        assert [d.id for d in rest.documents] == [d.id for d in docs[3:]] + [later.id]
 
 
 @pytest.mark.parametrize("background", [False, True])

@@ -75,7 +75,7 @@ def stored(service: VectorDBService, library_id: str) -> dict[str, tuple[str, An
     cursor = None
     while True:
         page = service.list_documents(library_id, limit=1000, cursor=cursor)
-        for listed in page.items:
+        for listed in page.documents:
             doc = service.get_document(library_id, listed.id)
             for chunk in doc.chunks:
                 out[chunk.id] = (doc.title, {**doc.metadata, **chunk.metadata})
@@ -163,7 +163,7 @@ def test_a_stale_saved_index_is_brought_up_to_date(
         truth = stored(service, lib.id)
         assert everything(service, lib.id) == truth
         for doc_id in docs:
-            for chunk in service.get_document(lib.id, doc_id).chunks:
+            for chunk in service.get_document(lib.id, doc_id, include_embedding=True).chunks:
                 best = service.search(
                     lib.id, SearchQuery(vector=chunk.embedding, k=1, ef=4096)
                 ).results

@@ -35,7 +35,7 @@ def _doc(title: str, seed: int, n: int = 2, **metadata: object) -> dict[str, obj
 def _snapshot(service: VectorDBService, library_id: str) -> tuple[object, ...]:
     """Everything observable about a library, to prove a failed call changed nothing."""
     lib = service.get_library(library_id)
-    docs = service.list_documents(library_id, limit=1000).items
+    docs = service.list_documents(library_id, limit=1000).documents
     hits = service.search(library_id, SearchQuery(vector=_vec(1), k=1000)).results
     return (
         lib.document_count,
@@ -263,10 +263,10 @@ def test_document_lifecycle_and_events(service: VectorDBService) -> None:
     sub = service.subscribe(lib.id, since="earliest")
     doc = service.add_document(lib.id, _doc("first", 1, n=3, year=2001))
     assert doc.num_chunks == 3
-    full = service.get_document(lib.id, doc.id)
+    full = service.get_document(lib.id, doc.id, include_embedding=True)
     assert [c.position for c in full.chunks] == [0, 1, 2]
     assert full.chunks[0].embedding is not None
-    assert service.get_document(lib.id, doc.id, include_embedding=False).chunks[0].embedding is None
+    assert service.get_document(lib.id, doc.id).chunks[0].embedding is None  # the default
     service.update_document(lib.id, doc.id, title="renamed", metadata={"year": 2002})
     hits = service.search(lib.id, SearchQuery(vector=_vec(100), k=1, filter={"year": 2002}))
     assert hits.results[0].document_title == "renamed"
@@ -293,7 +293,7 @@ def test_list_documents_pages_through_everything(service: VectorDBService) -> No
     seen, cursor = [], None
     while True:
         page = service.list_documents(lib.id, limit=5, cursor=cursor)
-        seen += [d.id for d in page.items]
+        seen += [d.id for d in page.documents]
         if page.next_cursor is None:
             break
         cursor = page.next_cursor

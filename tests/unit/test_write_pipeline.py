@@ -185,7 +185,7 @@ def test_a_write_is_invisible_and_unpublished_until_durable(
     assert service.search(lib.id, query).results == []
     with pytest.raises(DocumentNotFoundError):
         service.get_document(lib.id, "doc-1")
-    assert service.list_documents(lib.id).items == []
+    assert service.list_documents(lib.id).documents == []
     assert sub.poll() is None
     # nor in the store: its head, its log replay and its event history stop before it
     assert store.head == service.last_event_id == 1
@@ -299,7 +299,7 @@ def test_a_failed_fsync_fails_every_pending_write_and_keeps_reads(
     assert service.get_library(lib.id).document_count == 1
     query = SearchQuery(vector=np.ones(DIM, dtype=np.float32), k=10)
     assert [hit.document_title for hit in service.search(lib.id, query).results] == ["kept"]
-    assert [d.title for d in service.list_documents(lib.id).items] == ["kept"]
+    assert [d.title for d in service.list_documents(lib.id).documents] == ["kept"]
     assert sub.poll() is None
     assert store.head == service.last_event_id == 2
     assert logged_events(store) == events

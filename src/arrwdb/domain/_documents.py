@@ -294,6 +294,26 @@ def as_new_document(doc: NewDocument | Mapping[str, Any]) -> NewDocument:
     )
 
 
+def require_ids(documents: Sequence[NewDocument]) -> None:
+    """Every document names its id (an upsert's)."""
+    for i, doc in enumerate(documents):
+        if doc.id is None:
+            field = "id" if len(documents) == 1 else f"documents[{i}].id"
+            raise InvalidArgumentError(
+                f"an upsert needs each document's id ({field} is missing)", field=field
+            )
+
+
+def with_id(document: NewDocument, document_id: str) -> NewDocument:
+    """``document`` with the id ``document_id`` (an id it carries must be that one)."""
+    if document.id is not None and document.id != document_id:
+        raise InvalidArgumentError(
+            f"the document's id {document.id!r} is not the id it is written to ({document_id!r})",
+            field="id",
+        )
+    return replace(document, id=document_id)
+
+
 def as_new_chunk(chunk: NewChunk | Mapping[str, Any]) -> NewChunk:
     if type(chunk) is dict:  # the bulk-load case, checked with the fewest calls
         if chunk.keys() <= _CHUNK_FIELDS:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from arrwdb.domain import validation as v
 from arrwdb.domain._documents import PreparedBatch
 from arrwdb.domain.changes import (
     Change,
@@ -28,9 +29,11 @@ from arrwdb.domain.errors import (
     AlreadyExistsError,
     DimensionMismatchError,
     DocumentNotFoundError,
+    InvalidArgumentError,
     LibraryNotFoundError,
     LimitExceededError,
 )
+from arrwdb.domain.filters import Predicate
 from arrwdb.domain.models import Document, Library, utcnow
 from arrwdb.domain.ports import Build, Head
 
@@ -123,14 +126,45 @@ def add_documents(library_id: str, batch: PreparedBatch) -> Build:
     return build
 
 
+def upsert_documents(library_id: str, batch: PreparedBatch) -> Build:
+    """Each document added, or replacing (content, title and metadata) the one of its id:
+    which of the two is decided here, under the write's ordering (``DocumentSaved.replaced``).
+    An id given twice in one batch is refused."""
+
+    def build(head: Head) -> Sequence[Change]:
+        _check_dimension(_library(head, library_id), batch)
+        at = utcnow()
+        seen: set[str] = set()
+        changes: list[Change] = []
+        many = len(batch.documents) > 1
+        for i, doc in enumerate(batch.documents):
+            if doc.id in seen:
+                raise InvalidArgumentError(
+                    f"document id {doc.id!r} is given twice in one upsert",
+                    field=f"documents[{i}].id" if many else "id",
+                )
+            seen.add(doc.id)
+            old = head.document(library_id, doc.id)
+            if old is None:
+                changes.append(DocumentSaved(doc, False, at))
+            else:
+                new = replace(doc, created_at=old.created_at, updated_at=at)
+                changes.append(DocumentSaved(new, True, at))
+        return changes
+
+    return build
+
+
 def replace_content(
     library_id: str,
     document_id: str,
     batch: PreparedBatch,
     title: str | None,
     metadata: Mapping[str, Any] | None,
+    max_metadata_bytes: int | None = None,
 ) -> Build:
-    """New chunks for an existing document; its title and metadata stay unless given."""
+    """New chunks for an existing document; its title stays unless given, its metadata is
+    merged with ``metadata`` (``merge_metadata``)."""
 
     def build(head: Head) -> Sequence[Change]:
         old = _document(head, library_id, document_id)
@@ -139,7 +173,7 @@ def replace_content(
         doc = replace(
             batch.documents[0],
             title=old.title if title is None else title,
-            metadata=old.metadata if metadata is None else metadata,
+            metadata=merge_metadata(old.metadata, metadata, max_metadata_bytes),
             created_at=old.created_at,
             updated_at=at,
         )
@@ -149,14 +183,19 @@ def replace_content(
 
 
 def update_fields(
-    library_id: str, document_id: str, title: str | None, metadata: Mapping[str, Any] | None
+    library_id: str,
+    document_id: str,
+    title: str | None,
+    metadata: Mapping[str, Any] | None,
+    max_metadata_bytes: int | None = None,
 ) -> Build:
-    """A new title or metadata on the same chunks."""
+    """A new title, or metadata merged into the old (``merge_metadata``), on the same
+    chunks."""
 
     def build(head: Head) -> Sequence[Change]:
         old = _document(head, library_id, document_id)
         new_title = old.title if title is None else title
-        new_metadata = old.metadata if metadata is None else metadata
+        new_metadata = merge_metadata(old.metadata, metadata, max_metadata_bytes)
         if new_title == old.title and _same(new_metadata, old.metadata):
             return []  # nothing to change: nothing is written, no event
         at = utcnow()
@@ -166,10 +205,52 @@ def update_fields(
     return build
 
 
+def merge_metadata(
+    old: Mapping[str, Any], patch: Mapping[str, Any] | None, max_bytes: int | None = None
+) -> Mapping[str, Any]:
+    """``old`` with ``patch`` applied as a JSON Merge Patch (RFC 7396): a key whose value is
+    ``None`` is removed, any other is set. (Metadata values are scalars or lists of them,
+    never objects, so the merge is per top-level key.) Raises ``PayloadTooLargeError`` when
+    the result takes more than ``max_bytes``."""
+    if patch is None or not patch:
+        return old
+    merged = dict(old)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    if max_bytes is not None:
+        v.check_metadata_size(merged, max_bytes)
+    return merged
+
+
 def delete_document(library_id: str, document_id: str) -> Build:
     def build(head: Head) -> Sequence[Change]:
         old = _document(head, library_id, document_id)
         return [DocumentDeleted(library_id, document_id, old.title, utcnow())]
+
+    return build
+
+
+def delete_documents(
+    library_id: str, ids: Sequence[str] | None = None, where: Predicate | None = None
+) -> Build:
+    """Delete the documents of ``ids`` that exist (each once), or every document whose
+    (document) metadata ``where`` matches, as the state is under the write's ordering: a
+    document added meanwhile that matches is deleted too. One change per document, one
+    commit; none when nothing matches."""
+
+    def build(head: Head) -> Sequence[Change]:
+        _library(head, library_id)
+        at = utcnow()
+        if ids is not None:
+            found = (head.document(library_id, i) for i in dict.fromkeys(ids))
+            gone = [doc for doc in found if doc is not None]
+        else:
+            assert where is not None
+            gone = [doc for doc in head.documents(library_id) if where(doc.metadata)]
+        return [DocumentDeleted(library_id, doc.id, doc.title, at) for doc in gone]
 
     return build
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from arrwdb.domain import validation as v
 from arrwdb.domain._documents import DocumentBuilder
+from arrwdb.domain._grouping import best_per_document
 from arrwdb.domain._library_state import LibraryState
 from arrwdb.domain.errors import InvalidArgumentError
 from arrwdb.domain.filters import MATCH_ALL, Predicate, compile_filter
@@ -57,7 +58,7 @@ class Searcher:
         first invalid one (in order) raises. The hits are those of ``search``; on the exact
         index a score may differ in its last bit (float32 rounding of a batched product).
         """
-        if len(queries) <= 1:
+        if len(queries) <= 1 or any(query.group_by is not None for query in queries):
             return [self._search_one(library_id, state, query) for query in queries]
         started = time.perf_counter()
         library = state.library
@@ -72,8 +73,7 @@ class Searcher:
             matrix = np.stack([vector for _, vector in members])
             self._search_group(state, positions, matrix, k, ef, predicate, hits)
         for i, query in enumerate(queries):
-            if query.include_embedding:
-                hits[i] = self._with_embeddings(library_id, hits[i])
+            hits[i] = self._carrying(library_id, hits[i], query)
         took = (time.perf_counter() - started) * 1000.0 / len(queries)
         return [SearchResult(results=row, took_ms=took) for row in hits]
 
@@ -87,10 +87,12 @@ class Searcher:
         filter: Mapping[str, Any] | None = None,
         ef: int | None = None,
         include_embedding: bool = False,
+        include: Sequence[str] | None = None,
+        group_by: str | None = None,
     ) -> list[SearchResult]:
         """``search_many`` of one query per row of ``vectors`` (a 2-D array), all with the
-        same ``k``, ``filter`` and ``ef``: the same results and errors, without building a
-        ``SearchQuery`` per row or checking the rows one by one."""
+        same ``k``, ``filter``, ``ef``, ``include`` and ``group_by``: the same results and
+        errors, without building a ``SearchQuery`` per row or checking the rows one by one."""
         if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
             raise InvalidArgumentError("vectors must be a 2-D array", field="vectors")
         started = time.perf_counter()
@@ -99,13 +101,21 @@ class Searcher:
         count = len(matrix)
         if (
             count < 2
+            or include is not None
+            or group_by is not None
             or matrix.dtype != np.float32
             or matrix.shape[1] != library.dimension
             or not _all_finite_and_nonzero(matrix)
         ):
             queries = [
                 SearchQuery(
-                    vector=row, k=k, filter=filter, ef=ef, include_embedding=include_embedding
+                    vector=row,
+                    k=k,
+                    filter=filter,
+                    ef=ef,
+                    include_embedding=include_embedding,
+                    include=include,
+                    group_by=group_by,
                 )
                 for row in matrix
             ]
@@ -182,17 +192,21 @@ class Searcher:
         if ef is not None and (type(ef) is not int or not EF.low <= ef <= EF.high):
             ef = v.check_ef(ef)
         predicate = None if query.filter is None else compile_filter(query.filter)
+        if query.include is not None:
+            v.check_include(query.include)
+        grouped = v.check_group_by(query.group_by) is not None
         library = state.library
         vector = self._builder.query_vector(library, query)
-        if len(vector):
+        if not len(vector):
+            hits = []
+        elif grouped:
+            hits = _grouped(state, vector[None, :], k, predicate, ef)[0]
+        else:
             with state.lock.read():
                 hits = state.search(
                     vector[None, :], k, None if predicate is MATCH_ALL else predicate, ef
                 )[0]
-        else:
-            hits = []
-        if query.include_embedding:
-            hits = self._with_embeddings(library_id, hits)
+        hits = self._carrying(library_id, hits, query)
         took = (time.perf_counter() - started) * 1000.0
         return SearchResult(results=hits, took_ms=took)
 
@@ -211,6 +225,8 @@ class Searcher:
         for i, query in enumerate(queries):
             k = v.check_k(query.k)
             ef = v.check_ef(query.ef)
+            if query.include is not None:
+                v.check_include(query.include)
             spec = query.filter
             if spec is None:
                 predicate: Predicate | None = None
@@ -240,6 +256,28 @@ class Searcher:
                 plan.setdefault(key, []).append((i, row))
         return plan
 
+    def _carrying(
+        self, library_id: str, hits: list[SearchHit], query: SearchQuery
+    ) -> list[SearchHit]:
+        """``hits`` with what the query's ``include`` names: embeddings added, text or
+        metadata left out (``None``)."""
+        include = query.include
+        if query.include_embedding or (include is not None and "embedding" in include):
+            hits = self._with_embeddings(library_id, hits)
+        if include is None:
+            return hits
+        text, metadata = "text" in include, "metadata" in include
+        if text and metadata:
+            return hits
+        return [
+            replace(
+                hit,
+                text=hit.text if text else None,
+                metadata=hit.metadata if metadata else None,
+            )
+            for hit in hits
+        ]
+
     def _with_embeddings(self, library_id: str, hits: list[SearchHit]) -> list[SearchHit]:
         docs: dict[str, Document | None] = {}
         out = []
@@ -250,6 +288,23 @@ class Searcher:
             chunk = next((c for c in doc.chunks if c.id == hit.chunk_id), None) if doc else None
             out.append(replace(hit, embedding=chunk.embedding if chunk else None))
         return out
+
+
+def _grouped(
+    state: LibraryState, queries: Matrix, k: int, predicate: Predicate | None, ef: int | None
+) -> list[list[SearchHit]]:
+    """The best chunk of each of the ``k`` best documents, per query row
+    (``_grouping.best_per_document``), under the library's read lock."""
+    with state.lock.read():
+        index = state.index
+        if index is None:
+            return [[] for _ in range(len(queries))]
+        allowed: Labels | None = None
+        if predicate is not None and predicate is not MATCH_ALL:
+            allowed = state.allowed_labels(predicate)
+            if not len(allowed):
+                return [[] for _ in range(len(queries))]
+        return best_per_document(state, index, queries, k, allowed, ef)
 
 
 def _all_finite_and_nonzero(matrix: Matrix) -> bool:

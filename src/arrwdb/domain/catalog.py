@@ -12,8 +12,9 @@ its place in the listing.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 from arrwdb.domain.changes import (
@@ -29,6 +30,7 @@ from arrwdb.domain.changes import (
     library_after,
 )
 from arrwdb.domain.errors import InvalidArgumentError
+from arrwdb.domain.filters import Predicate
 from arrwdb.domain.models import Document, Library, Page
 
 #: ``(list position, document with its chunks)``
@@ -86,22 +88,18 @@ class Catalog:
         """A library's documents with their list positions, in listing order."""
         return list(self._documents.get(library_id, {}).values())
 
-    def page(self, library_id: str, limit: int, cursor: str | None) -> Page:
-        """Documents (without chunks) after ``cursor`` in listing order. Raises
-        ``InvalidArgumentError`` for a cursor this catalog did not issue."""
-        after = _decode_cursor(cursor)
-        entries = self.entries(library_id)
-        lo, hi = 0, len(entries)
-        while lo < hi:  # the first entry listed after the cursor (positions ascend)
-            mid = (lo + hi) // 2
-            if entries[mid][0] <= after:
-                lo = mid + 1
-            else:
-                hi = mid
-        page = entries[lo : lo + limit]
-        more = lo + limit < len(entries)
-        items = [replace(doc, chunks=()) if doc.chunks else doc for _, doc in page]
-        return Page(items=items, next_cursor=str(page[-1][0]) if more and page else None)
+    def documents(self, library_id: str) -> Iterator[Document]:
+        """A library's documents (with their chunks), in listing order."""
+        for _, doc in self._documents.get(library_id, {}).values():
+            yield doc
+
+    def page(
+        self, library_id: str, limit: int, cursor: str | None, where: Predicate | None = None
+    ) -> Page:
+        """Documents (without chunks) after ``cursor`` in listing order (those whose metadata
+        ``where`` matches). Raises ``InvalidArgumentError`` for a cursor this catalog did not
+        issue."""
+        return page_of(self.entries(library_id), limit, cursor, where)
 
     # -- changes ----------------------------------------------------------------------------
 
@@ -197,6 +195,41 @@ class Catalog:
         twin._documents = {lib: dict(docs) for lib, docs in self._documents.items()}
         twin._receipts = dict(self._receipts)
         return twin
+
+
+def page_of(
+    entries: Sequence[Entry], limit: int, cursor: str | None, where: Predicate | None = None
+) -> Page:
+    """The page of ``entries`` (a library's, in listing order) after ``cursor``: at most
+    ``limit`` documents, without chunks, whose metadata ``where`` matches (``None``: all).
+    ``next_cursor`` is ``None`` when no later entry matches."""
+    after = _decode_cursor(cursor)
+    lo, hi = 0, len(entries)
+    while lo < hi:  # the first entry listed after the cursor (positions ascend)
+        mid = (lo + hi) // 2
+        if entries[mid][0] <= after:
+            lo = mid + 1
+        else:
+            hi = mid
+    if where is None:
+        page = entries[lo : lo + limit]
+        more = lo + limit < len(entries)
+    else:
+        page = []
+        more = False
+        for entry in itertools.islice(entries, lo, None):
+            if where(entry[1].metadata):
+                if len(page) == limit:
+                    more = True
+                    break
+                page.append(entry)
+    documents = [replace(doc, chunks=()) if doc.chunks else doc for _, doc in page]
+    return Page(documents=documents, next_cursor=str(page[-1][0]) if more and page else None)
+
+
+def count_of(entries: Iterable[Entry], where: Predicate) -> int:
+    """How many of ``entries`` have metadata that ``where`` matches."""
+    return sum(1 for _, doc in entries if where(doc.metadata))
 
 
 def _decode_cursor(cursor: str | None) -> int:

@@ -117,12 +117,16 @@ class NewDocument:
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
+    """A chunk found by a search. ``text`` and ``metadata`` (the document's merged with the
+    chunk's, chunk wins) are ``None`` when the search's ``include`` leaves them out;
+    ``embedding`` is there when it names ``embedding``."""
+
     chunk_id: str
     document_id: str
     document_title: str
-    text: str
+    text: str | None
     score: float
-    metadata: Metadata
+    metadata: Metadata | None
     position: int = 0
     embedding: Vector | None = None
 
@@ -142,9 +146,17 @@ class SearchResult:
         return iter(self.results)
 
 
+#: What a search hit may carry besides its ids, title, score and position.
+INCLUDABLE: tuple[str, ...] = ("text", "metadata", "embedding")
+#: What ``SearchQuery.group_by`` may be.
+GROUP_BY: tuple[str, ...] = ("document",)
+
+
 @dataclass(frozen=True, slots=True)
 class SearchQuery:
-    """A validated search: exactly one of ``text`` and ``vector``."""
+    """A search: exactly one of ``text`` and ``vector``. ``include``: any of ``INCLUDABLE``
+    (``None``: text and metadata; ``embedding`` as ``include_embedding``); ``group_by``
+    ``"document"``: the best chunk of each of the ``k`` best documents."""
 
     text: str | None = None
     vector: Sequence[float] | Vector | None = None
@@ -152,14 +164,26 @@ class SearchQuery:
     filter: Mapping[str, Any] | None = None
     ef: int | None = None
     include_embedding: bool = False
+    include: Sequence[str] | None = None
+    group_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of a listing; ``next_cursor`` is ``None`` on the last page."""
+    """One page of documents (a listing, a query); ``next_cursor`` is ``None`` on the last
+    page. Iterating a page, its ``len`` and indexing go over ``documents``."""
 
-    items: list[Document]
+    documents: list[Document]
     next_cursor: str | None
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def __getitem__(self, i: int) -> Document:
+        return self.documents[i]
+
+    def __iter__(self) -> Iterator[Document]:
+        return iter(self.documents)
 
 
 AccessLevel = Literal["read", "write"]

@@ -13,7 +13,7 @@ those writes become durable; an ``EventHub`` is published to only by the project
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from arrwdb.domain.changes import Batch, Change, Receipt, WriteKey
 from arrwdb.domain.events import Event, StartPoint
+from arrwdb.domain.filters import Predicate
 from arrwdb.domain.models import ApiKey, Document, IndexParams, Library, Matrix, Metric, Page
 
 Labels = npt.NDArray[np.int64]
@@ -171,6 +172,11 @@ class Head(Protocol):
         """With its chunks and their embeddings."""
         ...
 
+    def documents(self, library_id: str) -> Iterable[Document]:
+        """A library's documents with their chunks, in listing order (none for an unknown
+        library)."""
+        ...
+
     def receipt(self, key: str) -> Receipt | None:
         """What the write made with idempotency key ``key`` left, if it is remembered (for
         ``changes.KEY_LIFETIME``)."""
@@ -284,10 +290,16 @@ class Repository(Protocol):
         """A document with its chunks and their embeddings."""
         ...
 
-    def list_documents(self, library_id: str, limit: int, cursor: str | None) -> Page:
-        """Documents in insertion order, without chunks. ``cursor`` comes from a previous
-        page's ``next_cursor``; a cursor this store did not issue raises
-        ``InvalidArgumentError``."""
+    def list_documents(
+        self, library_id: str, limit: int, cursor: str | None, where: Predicate | None = None
+    ) -> Page:
+        """Documents in insertion order, without chunks; with ``where``, only those whose
+        (document) metadata it matches. ``cursor`` comes from a previous page's
+        ``next_cursor``; a cursor this store did not issue raises ``InvalidArgumentError``."""
+        ...
+
+    def count_documents(self, library_id: str, where: Predicate) -> int:
+        """How many documents of a library have (document) metadata that ``where`` matches."""
         ...
 
     def iter_documents(self, library_id: str) -> Iterator[Document]:

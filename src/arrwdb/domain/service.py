@@ -39,11 +39,25 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any
 
+from arrwdb.domain import _queries as queries
 from arrwdb.domain import _rules as rules
 from arrwdb.domain import validation as v
-from arrwdb.domain._documents import DocumentBuilder, as_new_chunk, as_new_document
+from arrwdb.domain._documents import (
+    DocumentBuilder,
+    as_new_chunk,
+    as_new_document,
+    require_ids,
+    with_id,
+)
 from arrwdb.domain._search import Searcher
-from arrwdb.domain.changes import Batch, DocumentSaved, LibraryCreated, LibraryUpdated, WriteKey
+from arrwdb.domain.changes import (
+    Batch,
+    DocumentDeleted,
+    DocumentSaved,
+    LibraryCreated,
+    LibraryUpdated,
+    WriteKey,
+)
 from arrwdb.domain.chunking import Chunker
 from arrwdb.domain.errors import (
     DocumentNotFoundError,
@@ -392,10 +406,43 @@ class VectorDBService:
     def add_document(self, library_id: str, document: NewDocument | Mapping[str, Any]) -> Document:
         return self.add_documents(library_id, [document])[0]
 
+    def upsert_documents(
+        self,
+        library_id: str,
+        documents: Iterable[NewDocument | Mapping[str, Any]],
+        *,
+        add_without_id: bool = False,
+    ) -> list[tuple[Document, bool]]:
+        """Add each document, or replace the one of its ``id`` (content, title and metadata),
+        in one commit (all or none); which of the two is decided under the write's ordering
+        (``document.added`` or ``document.updated``). Every document needs its ``id`` (with
+        ``add_without_id``, one without is added). Returns each document (without chunks)
+        and whether it was created. Raises ``LibraryNotFoundError``, ``ValidationError``."""
+        library = self.get_library(library_id)
+        docs = [as_new_document(d) for d in documents]
+        if not add_without_id:
+            require_ids(docs)
+        batch = self._builder.prepare(library, docs)
+        saved = self._write(rules.upsert_documents(library_id, batch), batch.vectors).changes
+        return [
+            (replace(c.document, chunks=()), not c.replaced)
+            for c in saved
+            if isinstance(c, DocumentSaved)
+        ]
+
+    def upsert_document(
+        self, library_id: str, document_id: str, document: NewDocument | Mapping[str, Any]
+    ) -> tuple[Document, bool]:
+        """``upsert_documents`` of one document, whose id is ``document_id`` (an ``id`` it
+        carries must be the same: ``InvalidArgumentError`` naming ``id`` otherwise)."""
+        doc = with_id(as_new_document(document), document_id)
+        return self.upsert_documents(library_id, [doc])[0]
+
     def get_document(
-        self, library_id: str, document_id: str, *, include_embedding: bool = True
+        self, library_id: str, document_id: str, *, include_embedding: bool = False
     ) -> Document:
-        """A document with its chunks; raises ``NotFoundError``."""
+        """A document with its chunks (their embeddings with ``include_embedding``); raises
+        ``NotFoundError``."""
         self._projection.state(library_id)
         doc = self._store.get_document(library_id, document_id)
         if doc is None:
@@ -403,6 +450,34 @@ class VectorDBService:
         if not include_embedding:
             doc = replace(doc, chunks=tuple(replace(c, embedding=None) for c in doc.chunks))
         return doc
+
+    def get_documents(self, library_id: str, ids: Sequence[str]) -> Page:
+        """The documents of ``ids`` (at most 1,000) in the order asked, each once, without
+        chunks; unknown ids are left out. Raises ``LibraryNotFoundError``,
+        ``ValidationError``."""
+        return self.query_documents(library_id, ids=ids)
+
+    def query_documents(
+        self,
+        library_id: str,
+        *,
+        ids: Sequence[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page:
+        """The documents among ``ids`` and matching ``filter`` (on document metadata), a page
+        at a time (see ``_queries.query_documents``). Raises ``LibraryNotFoundError``,
+        ``ValidationError``."""
+        self._projection.state(library_id)
+        return queries.query_documents(
+            self._store, library_id, ids=ids, filter=filter, limit=limit, cursor=cursor
+        )
+
+    def count_documents(self, library_id: str, filter: Mapping[str, Any] | None = None) -> int:
+        """How many documents the library holds (whose metadata matches ``filter``)."""
+        library = self._projection.state(library_id).library
+        return queries.count_documents(self._store, library, filter)
 
     def list_documents(
         self, library_id: str, *, limit: int = 100, cursor: str | None = None
@@ -422,19 +497,18 @@ class VectorDBService:
         chunks: Sequence[NewChunk | Mapping[str, Any]] | None = None,
     ) -> Document:
         """Change a document's title/metadata, or replace its content (``text`` or ``chunks``:
-        re-chunked and re-embedded; the title and metadata stay unless given). What is not
-        given is taken from the version the write replaces, read under the write's ordering,
-        so concurrent updates of one document never undo each other. Raises
-        ``NotFoundError``, ``ValidationError``."""
+        re-chunked and re-embedded; the title stays unless given). ``metadata`` is a JSON
+        Merge Patch of the document's: a key set to ``None`` is removed, the others are set,
+        the rest stays (``max_metadata_bytes`` applies to the result). What is not given is
+        taken from the version the write replaces, read under the write's ordering, so
+        concurrent updates of one document never undo each other. Raises ``NotFoundError``,
+        ``ValidationError``."""
         library = self.get_library(library_id)
         new_title = None if title is None else v.check_text(title, "title")
-        new_meta = (
-            None
-            if metadata is None
-            else v.check_metadata(metadata, max_bytes=self._limits.metadata_bytes)
-        )
+        patch = None if metadata is None else v.check_metadata(metadata)
+        max_bytes = self._limits.metadata_bytes
         if text is None and chunks is None:
-            rule = rules.update_fields(library_id, document_id, new_title, new_meta)
+            rule = rules.update_fields(library_id, document_id, new_title, patch, max_bytes)
             vectors = None
         else:
             if self._store.get_document(library_id, document_id) is None:  # spare the embedding
@@ -442,12 +516,13 @@ class VectorDBService:
             new = NewDocument(
                 id=document_id,
                 title=new_title or "",
-                metadata=new_meta or {},
                 text=text,
                 chunks=None if chunks is None else [as_new_chunk(c) for c in chunks],
             )
             prepared = self._builder.prepare(library, [new])
-            rule = rules.replace_content(library_id, document_id, prepared, new_title, new_meta)
+            rule = rules.replace_content(
+                library_id, document_id, prepared, new_title, patch, max_bytes
+            )
             vectors = prepared.vectors
         changes = self._write(rule, vectors).changes
         if not changes:  # it changed nothing
@@ -460,6 +535,22 @@ class VectorDBService:
         """Raises ``NotFoundError``."""
         self._known(library_id)
         self._write(rules.delete_document(library_id, document_id))
+
+    def delete_documents(
+        self,
+        library_id: str,
+        *,
+        ids: Sequence[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Delete the documents of ``ids`` (unknown ones are skipped) or those whose document
+        metadata matches ``filter`` (exactly one of the two), in one commit with one
+        ``document.deleted`` event each; returns how many. Which documents match is decided
+        under the write's ordering. Raises ``LibraryNotFoundError``, ``ValidationError``."""
+        chosen, where = queries.deletion(ids, filter)
+        self._known(library_id)
+        changes = self._write(rules.delete_documents(library_id, chosen, where)).changes
+        return sum(1 for c in changes if isinstance(c, DocumentDeleted))
 
     def _known(self, library_id: str) -> None:
         """Raise ``LibraryNotFoundError`` early (the write's rule checks it again, under its
@@ -509,8 +600,10 @@ class VectorDBService:
     # -- search -------------------------------------------------------------------------------
 
     def search(self, library_id: str, query: SearchQuery) -> SearchResult:
-        """The ``k`` best chunks (matching ``filter``), best first. Raises ``NotFoundError``,
-        ``ValidationError`` (k, ef, filter, vector)."""
+        """The ``k`` best chunks (matching ``filter``, on each chunk's metadata merged over its
+        document's), best first; with ``group_by="document"``, the best chunk of each of the
+        ``k`` best documents. Raises ``NotFoundError``, ``ValidationError`` (k, ef, filter,
+        vector, include, group_by)."""
         return self._searcher.search_many(library_id, self._projection.state(library_id), [query])[
             0
         ]
@@ -529,9 +622,12 @@ class VectorDBService:
         filter: Mapping[str, Any] | None = None,
         ef: int | None = None,
         include_embedding: bool = False,
+        include: Sequence[str] | None = None,
+        group_by: str | None = None,
     ) -> list[SearchResult]:
         """``search_many`` of one query per row of ``vectors`` (a 2-D array), all with the
-        same ``k``, ``filter`` and ``ef`` (see ``Searcher.search_vectors``)."""
+        same ``k``, ``filter``, ``ef``, ``include`` and ``group_by`` (see
+        ``Searcher.search_vectors``)."""
         return self._searcher.search_vectors(
             library_id,
             self._projection.state(library_id),
@@ -540,6 +636,8 @@ class VectorDBService:
             filter=filter,
             ef=ef,
             include_embedding=include_embedding,
+            include=include,
+            group_by=group_by,
         )
 
     # -- events -------------------------------------------------------------------------------

@@ -30,7 +30,16 @@ from arrwdb.domain.limits import (
     Bound,
     K,
 )
-from arrwdb.domain.models import INDEX_KINDS, METRICS, IndexParams, Matrix, Metric, Vector
+from arrwdb.domain.models import (
+    GROUP_BY,
+    INCLUDABLE,
+    INDEX_KINDS,
+    METRICS,
+    IndexParams,
+    Matrix,
+    Metric,
+    Vector,
+)
 
 _INDEX_PARAMS: Final = {"m": HNSW_M, "ef_construction": EF_CONSTRUCTION, "ef_search": EF_SEARCH}
 _SCALARS = (str, int, float, bool, type(None))
@@ -60,6 +69,31 @@ def check_page_limit(limit: object) -> int:
     return _bounded(limit, PAGE_LIMIT)
 
 
+def check_include(include: object) -> tuple[str, ...] | None:
+    """What search hits carry (``None``: the default, text and metadata)."""
+    if include is None:
+        return None
+    if isinstance(include, str) or not isinstance(include, Sequence):
+        raise InvalidArgumentError(
+            f"include must be a list of {', '.join(INCLUDABLE)}", field="include"
+        )
+    for item in include:
+        if item not in INCLUDABLE:
+            raise InvalidArgumentError(
+                f"include may name {', '.join(INCLUDABLE)}, not {item!r}", field="include"
+            )
+    return tuple(include)
+
+
+def check_group_by(group_by: object) -> str | None:
+    if group_by is not None and group_by not in GROUP_BY:
+        raise InvalidArgumentError(
+            f"group_by must be one of {', '.join(GROUP_BY)} (or left out), not {group_by!r}",
+            field="group_by",
+        )
+    return group_by
+
+
 def check_name(name: object, field: str = "name") -> str:
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgumentError(f"{field} must be a non-empty string", field=field)
@@ -70,13 +104,24 @@ def check_name(name: object, field: str = "name") -> str:
     return name
 
 
+#: The path segments after ``/documents/`` that name routes of their own (``.../documents/
+#: query``): a document of one of these ids could not be read or written at its URL.
+RESERVED_DOCUMENT_IDS: Final = frozenset({"query", "count", "delete", "stream"})
+
+
 def check_document_id(document_id: object, field: str = "id") -> str:
     """A client-chosen document id: a name that a URL path can carry as one segment (no
-    ``/``, no control characters)."""
+    ``/``, no control characters, not one of ``RESERVED_DOCUMENT_IDS``)."""
     checked = check_name(document_id, field)
     if "/" in checked or not checked.isprintable():
         raise InvalidArgumentError(
             f"{field} must not contain '/' or control characters (it is a URL path segment)",
+            field=field,
+        )
+    if checked in RESERVED_DOCUMENT_IDS:
+        raise InvalidArgumentError(
+            f"{field} {checked!r} is reserved: .../documents/{checked} is a route of its own "
+            f"(reserved: {', '.join(sorted(RESERVED_DOCUMENT_IDS))})",
             field=field,
         )
     return checked
@@ -121,15 +166,21 @@ def check_metadata(
         _check_number(value, f"{field}.{key}")
         out[key] = _plain(value)
     if max_bytes is not None:
-        size = metadata_bytes(out)
-        if size > max_bytes:
-            raise PayloadTooLargeError(
-                f"{field} takes {size} bytes, more than the limit of {max_bytes} "
-                "(max_metadata_bytes)",
-                limit="max_metadata_bytes",
-                field=field,
-            )
+        check_metadata_size(out, max_bytes, field)
     return out
+
+
+def check_metadata_size(
+    metadata: Mapping[str, Any], max_bytes: int, field: str = "metadata"
+) -> None:
+    """``PayloadTooLargeError`` when ``metadata`` (checked) takes more than ``max_bytes``."""
+    size = metadata_bytes(metadata)
+    if size > max_bytes:
+        raise PayloadTooLargeError(
+            f"{field} takes {size} bytes, more than the limit of {max_bytes} (max_metadata_bytes)",
+            limit="max_metadata_bytes",
+            field=field,
+        )
 
 
 def metadata_bytes(metadata: Mapping[str, Any]) -> int:

@@ -13,6 +13,7 @@ from arrwdb.domain.models import (
     Library,
     NewChunk,
     NewDocument,
+    Page,
     SearchQuery,
     SearchResult,
     format_timestamp,
@@ -22,6 +23,7 @@ from arrwdb.transports.messages import (
     ChunkOut,
     DocumentIn,
     DocumentOut,
+    DocumentPage,
     IndexParams,
     LibraryOut,
     SearchHitOut,
@@ -85,9 +87,9 @@ def search_out(result: SearchResult, include: Sequence[str] | None = None) -> Se
                 chunk_id=h.chunk_id,
                 document_id=h.document_id,
                 document_title=h.document_title,
-                text=h.text if text else UNSET,
+                text=h.text if text and h.text is not None else UNSET,
                 score=float(h.score),
-                metadata=dict(h.metadata) if metadata else UNSET,
+                metadata=dict(h.metadata) if metadata and h.metadata is not None else UNSET,
                 position=h.position,
                 embedding=None if h.embedding is None else h.embedding.tolist(),
             )
@@ -117,6 +119,12 @@ def new_chunks(chunks: list[ChunkIn] | None) -> list[NewChunk] | None:
     return [NewChunk(text=c.text, embedding=c.embedding, metadata=c.metadata) for c in chunks]
 
 
+def document_page(page: Page) -> DocumentPage:
+    return DocumentPage(
+        documents=[document_out(d) for d in page.documents], next_cursor=page.next_cursor
+    )
+
+
 def new_document(doc: DocumentIn) -> NewDocument:
     return NewDocument(
         title=doc.title,
@@ -140,4 +148,6 @@ def search_query(q: SearchIn) -> SearchQuery:
         filter=q.filter,
         ef=q.ef,
         include_embedding=wants_embedding(q),
+        include=q.include,
+        group_by=q.group_by,
     )

@@ -33,15 +33,13 @@ from arrwdb.domain.access import Caller, Need
 from arrwdb.domain.changes import WriteKey
 from arrwdb.domain.errors import InvalidArgumentError
 from arrwdb.domain.events import parse_event_id
-from arrwdb.domain.models import (
-    Document,
-    Library,
-)
+from arrwdb.domain.models import Document, Library, Page
 from arrwdb.domain.service import VectorDBService
 from arrwdb.transports._read_hops import Read, ReadHops
 from arrwdb.transports.convert import (
     Searched,
     document_out,
+    document_page,
     library_out,
     new_chunks,
     new_document,
@@ -49,12 +47,17 @@ from arrwdb.transports.convert import (
 )
 from arrwdb.transports.errors import ShuttingDown
 from arrwdb.transports.messages import (
+    CountOut,
+    DeletedOut,
+    DocumentCount,
     DocumentDeleted,
     DocumentGet,
     DocumentId,
     DocumentList,
     DocumentOut,
-    DocumentPage,
+    DocumentPut,
+    DocumentQuery,
+    DocumentsDelete,
     DocumentsIn,
     DocumentUpdate,
     LibraryCreate,
@@ -107,6 +110,22 @@ def _add_out(result: list[Document] | Document) -> list[DocumentOut] | DocumentO
     if isinstance(result, list):
         return [document_out(d) for d in result]
     return document_out(result)
+
+
+def _upsert(s: VectorDBService, lib: str | None, r: DocumentPut) -> tuple[Document, bool]:
+    return s.upsert_document(_lib(lib), r.document_id, new_document(r.document))
+
+
+def _upsert_many(s: VectorDBService, lib: str | None, r: DocumentsIn) -> list[Document] | Document:
+    """Upsert a list of documents (or one), adding those without an id (NDJSON ingest)."""
+    many = isinstance(r, list)
+    docs = [new_document(d) for d in r] if isinstance(r, list) else [new_document(r)]
+    done = [doc for doc, _ in s.upsert_documents(_lib(lib), docs, add_without_id=True)]
+    return done if many else done[0]
+
+
+def _query(s: VectorDBService, lib: str | None, r: DocumentQuery) -> Page:
+    return s.query_documents(_lib(lib), ids=r.ids, filter=r.filter, limit=r.limit, cursor=r.cursor)
 
 
 def _update_document(s: VectorDBService, lib: str | None, r: DocumentUpdate) -> Document:
@@ -207,9 +226,29 @@ ACTIONS: dict[str, Action] = {
             "list_documents",
             DocumentList,
             lambda s, lib, r: s.list_documents(_lib(lib), limit=r.limit, cursor=r.cursor),
-            lambda page: DocumentPage(
-                documents=[document_out(d) for d in page.items], next_cursor=page.next_cursor
-            ),
+            document_page,
+        ),
+        Action("query_documents", DocumentQuery, _query, document_page),
+        Action(
+            "count_documents",
+            DocumentCount,
+            lambda s, lib, r: s.count_documents(_lib(lib), r.filter),
+            lambda n: CountOut(count=n),
+        ),
+        Action(
+            "upsert",
+            DocumentPut,
+            _upsert,
+            lambda done: (document_out(done[0]), done[1]),
+            write=True,
+        ),
+        Action("upsert_many", DocumentsIn, _upsert_many, _add_out, write=True),
+        Action(
+            "delete_documents",
+            DocumentsDelete,
+            lambda s, lib, r: s.delete_documents(_lib(lib), ids=r.ids, filter=r.filter),
+            lambda n: DeletedOut(deleted=n),
+            write=True,
         ),
         Action(
             "get",

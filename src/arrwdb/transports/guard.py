@@ -6,7 +6,10 @@ request (or WebSocket handshake) before any handler runs.
    without ``allowed_hosts`` takes any. This stops DNS-rebinding pages reaching a local server.
 2. **API key** (when the server has an admin key): ``Authorization: Bearer <key>``, or
    ``?access_token=<key>`` on SSE and WebSocket URLs (browsers cannot set headers there).
-   ``GET /v1/health`` needs none. The caller found is kept in the ASGI scope
+   ``GET /v1/health`` needs none, nor do the pages a browser opens before it has a key (the
+   dashboard, the API page) and their files: they are static and hold no data (the pages fetch
+   it with the key the user gives them), and a request for one is given a caller that may
+   read nothing. The caller found is kept in the ASGI scope
    (:func:`caller_of`); what it may do is checked where the work is named: the dispatcher
    for every action, the stream handlers for streams (``Caller.require``).
 3. **Origin**: a WebSocket handshake or a state-changing request (not GET/HEAD/OPTIONS) whose
@@ -51,6 +54,10 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_TRY_AGAIN_LATER = 1013
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+#: a file under a public prefix: one plain name (no ``/``, no leading dot)
+_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+#: who asks for a public page on a server with keys: someone who may read no library
+_UNKEYED = Caller(key_id=None, libraries=frozenset())
 #: A key unknown here may have just been made on another server sharing the store: look again,
 #: at most this often.
 _REFRESH_ON_MISS = 0.2
@@ -121,8 +128,14 @@ class Guard:
         bound_host: str,
         allowed_hosts: tuple[str, ...] = (),
         cors_origins: tuple[str, ...] = (),
+        public_pages: frozenset[str] = frozenset(),
+        public_files: tuple[str, ...] = (),
     ) -> None:
+        """``public_pages``: paths served without a key (GET/HEAD), besides health;
+        ``public_files``: prefixes (ending in ``/``) under which one file name is served so."""
         self._keys = keys
+        self._public_pages = public_pages | {HEALTH}
+        self._public_files = public_files
         self._limiter = limiter
         self._counters = counters
         self._hosts = host_names(bound_host, allowed_hosts)
@@ -180,7 +193,9 @@ class Guard:
                 "Host",
             )
         path: str = scope["path"]
-        if self.keys.enabled and not (path == HEALTH and method in ("GET", "HEAD")):
+        if self.keys.enabled and not websocket and self._public(path, method):
+            scope[CALLER] = _UNKEYED
+        elif self.keys.enabled:
             secret = _bearer(authorization)
             if secret is None and (websocket or path.endswith("/events")):
                 secret = _access_token(scope)
@@ -209,6 +224,16 @@ class Guard:
                 "Origin",
             )
         return None
+
+    def _public(self, path: str, method: str) -> bool:
+        if method not in ("GET", "HEAD"):
+            return False
+        if path in self._public_pages:
+            return True
+        return any(
+            path.startswith(prefix) and _FILE_NAME.fullmatch(path[len(prefix) :]) is not None
+            for prefix in self._public_files
+        )
 
     async def _authenticate(self, secret: str | None) -> Caller:
         try:

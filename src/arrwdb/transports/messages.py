@@ -133,8 +133,9 @@ DocumentsIn = DocumentIn | list[DocumentIn]
 
 
 class DocumentPatch(Struct, kw_only=True):
-    """``PATCH .../documents/{id}``: ``title``/``metadata`` change in place; ``text`` or
-    ``chunks`` replace the content (re-chunked and re-embedded)."""
+    """``PATCH .../documents/{id}``: ``title`` and ``metadata`` change in place (``metadata``
+    merged as a JSON Merge Patch: a key set to ``null`` is removed); ``text`` or ``chunks``
+    replace the content (re-chunked and re-embedded)."""
 
     title: str | None = None
     metadata: Metadata | None = None
@@ -201,6 +202,50 @@ class DocumentDeleted(Struct, kw_only=True):
     deleted: bool = True
 
 
+class DocumentPut(Struct, kw_only=True):
+    """``PUT .../documents/{document_id}``: the document written to that id (``document.id``,
+    if given, must be it)."""
+
+    document_id: str
+    document: DocumentIn
+
+
+class DocumentQuery(Struct, kw_only=True):
+    """``POST .../documents/query``: the documents among ``ids`` (in that order) and matching
+    ``filter`` (on document metadata); without ``ids``, in insertion order, ``limit`` (100) a
+    page; with ``ids``, every one found unless ``limit`` is given."""
+
+    ids: Annotated[list[str], Meta(max_length=limits.PAGE_LIMIT.high)] | None = None
+    filter: dict[str, Any] | None = None
+    limit: PageLimit | None = None
+    cursor: str | None = None
+    #: answer once this event is applied here (a write made through another server)
+    min_event_id: str | int | None = None
+
+
+class DocumentCount(Struct, kw_only=True):
+    """``POST .../documents/count``: how many documents (whose metadata matches ``filter``)."""
+
+    filter: dict[str, Any] | None = None
+    min_event_id: str | int | None = None
+
+
+class DocumentsDelete(Struct, kw_only=True):
+    """``POST .../documents/delete``: exactly one of ``ids`` and ``filter`` (on document
+    metadata; ``{}`` matches every document)."""
+
+    ids: list[str] | None = None
+    filter: dict[str, Any] | None = None
+
+
+class CountOut(Struct, kw_only=True):
+    count: int
+
+
+class DeletedOut(Struct, kw_only=True):
+    deleted: int
+
+
 # -- search ---------------------------------------------------------------------------------
 
 
@@ -216,6 +261,8 @@ class SearchIn(Struct, kw_only=True):
     #: what each hit carries besides its ids, title, score and position (default text and
     #: metadata; ``embedding`` as ``include_embedding``)
     include: list[Literal["text", "metadata", "embedding"]] | None = None
+    #: ``"document"``: the best chunk of each of the ``k`` best documents
+    group_by: Literal["document"] | None = None
     #: answer once this event is applied here (a write made through another server)
     min_event_id: str | int | None = None
 
@@ -331,6 +378,12 @@ WIRE_TYPES: tuple[type[Struct], ...] = (
     DocumentOut,
     DocumentPage,
     DocumentDeleted,
+    DocumentPut,
+    DocumentQuery,
+    DocumentCount,
+    DocumentsDelete,
+    CountOut,
+    DeletedOut,
     SearchIn,
     SearchHitOut,
     SearchOut,

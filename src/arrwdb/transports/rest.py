@@ -16,15 +16,24 @@ from typing import Annotated, Any
 
 import anyio
 from litestar import Request, Router, delete, get, patch, post
-from litestar.datastructures import ResponseHeader
 from litestar.openapi.spec import OpenAPI, OpenAPIResponse
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Response
 
-from arrwdb.domain.access import Caller, Need
+from arrwdb.domain.access import Need
 from arrwdb.domain.errors import AlreadyExistsError, InvalidArgumentError, LimitExceededError
 from arrwdb.domain.limits import PAGE_LIMIT
+from arrwdb.transports import rest_documents
 from arrwdb.transports._body import WireBody
+from arrwdb.transports._rest_common import (
+    DOCUMENT,
+    EVENT_ID,
+    EVENT_ID_HEADER,
+    LIBRARY,
+    IdempotencyKey,
+    MinEventId,
+    write,
+)
 from arrwdb.transports.errors import ShuttingDown
 from arrwdb.transports.guard import caller_of
 from arrwdb.transports.messages import (
@@ -49,37 +58,8 @@ from arrwdb.transports.messages import (
 )
 from arrwdb.transports.runtime import RuntimeDep
 
-LIBRARY = "/v1/libraries/{library_id:str}"
-DOCUMENT = LIBRARY + "/documents/{document_id:str}"
 #: ``?limit=``: its bound is shown in the OpenAPI document (``schema_extra``) but checked by
 #: the domain, so a page size out of range gets the domain's message as it does in process.
-#: ``?min_event_id=``: answer once this server has applied that event (or 503 ``lagging``).
-_MinEventId = Annotated[
-    str | None,
-    QueryParameter(
-        description="Answer once this event is applied here: a write made through another "
-        "server (its `Arrwdb-Event-Id`). 503 `lagging` after the consistency timeout."
-    ),
-]
-EVENT_ID_HEADER = "Arrwdb-Event-Id"
-#: ``Idempotency-Key:``: a repeat of the write answers as the first one did, writing nothing.
-_Key = Annotated[
-    str | None,
-    HeaderParameter(
-        name="Idempotency-Key",
-        required=False,
-        description="Up to 200 characters: the same write sent again with it (within 24 h, "
-        "to any server) writes nothing and gets the first answer; with another body, 422 "
-        "`idempotency_mismatch`.",
-    ),
-]
-_EVENT_ID = [
-    ResponseHeader(
-        name=EVENT_ID_HEADER,
-        description="The id of the write's last event.",
-        documentation_only=True,
-    )
-]
 _PAGE_LIMIT = QueryParameter(
     description=f"Page size, {PAGE_LIMIT}.",
     schema_extra={"minimum": PAGE_LIMIT.low, "maximum": PAGE_LIMIT.high},
@@ -99,30 +79,12 @@ VERSION = _version()
 # -- libraries ------------------------------------------------------------------------------
 
 
-async def _write(
-    runtime: RuntimeDep,
-    name: str,
-    library_id: str | None,
-    data: Any = None,
-    status: int = 200,
-    key: str | None = None,
-    *,
-    caller: Caller,
-) -> Response[Any]:
-    """A write action's response, with the id of its last event in ``Arrwdb-Event-Id``."""
-    written = await runtime.dispatcher.write(
-        name, library_id, data, caller=caller, idempotency_key=key
-    )
-    content = None if status == 204 else written.result
-    return Response(content, status_code=status, headers={EVENT_ID_HEADER: written.event_id})
-
-
-@post("/v1/libraries", status_code=201, tags=["libraries"], response_headers=_EVENT_ID)
+@post("/v1/libraries", status_code=201, tags=["libraries"], response_headers=EVENT_ID)
 async def create_library(
     runtime: RuntimeDep,
     request: Request[Any, Any, Any],
     data: JSONBody[LibraryCreate],
-    idempotency_key: _Key = None,
+    idempotency_key: IdempotencyKey = None,
     exist_ok: Annotated[
         bool,
         QueryParameter(
@@ -134,7 +96,7 @@ async def create_library(
     """Create a library (201). A taken name is a 409, unless ``exist_ok``."""
     caller = caller_of(request.scope)
     if not exist_ok:
-        return await _write(
+        return await write(
             runtime, "create_library", None, data, 201, idempotency_key, caller=caller
         )
     written = await runtime.dispatcher.write(
@@ -148,7 +110,7 @@ async def create_library(
 
 @get("/v1/libraries", tags=["libraries"])
 async def list_libraries(
-    runtime: RuntimeDep, request: Request[Any, Any, Any], min_event_id: _MinEventId = None
+    runtime: RuntimeDep, request: Request[Any, Any, Any], min_event_id: MinEventId = None
 ) -> LibraryList:
     """Every library, in creation order."""
     caller = caller_of(request.scope)
@@ -163,7 +125,7 @@ async def get_library(
     runtime: RuntimeDep,
     request: Request[Any, Any, Any],
     library_id: FromPath[str],
-    min_event_id: _MinEventId = None,
+    min_event_id: MinEventId = None,
 ) -> LibraryOut:
     caller = caller_of(request.scope)
     out: LibraryOut = await runtime.dispatcher.execute(
@@ -172,17 +134,17 @@ async def get_library(
     return out
 
 
-@patch(LIBRARY, tags=["libraries"], response_headers=_EVENT_ID)
+@patch(LIBRARY, tags=["libraries"], response_headers=EVENT_ID)
 async def update_library(
     runtime: RuntimeDep,
     request: Request[Any, Any, Any],
     library_id: FromPath[str],
     data: JSONBody[LibraryUpdate],
-    idempotency_key: _Key = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[LibraryOut]:
     """Change the name, description or metadata; fields left out stay as they are."""
     caller = caller_of(request.scope)
-    return await _write(
+    return await write(
         runtime, "update_library", library_id, data, key=idempotency_key, caller=caller
     )
 
@@ -191,17 +153,17 @@ async def update_library(
     LIBRARY,
     status_code=204,
     tags=["libraries"],
-    response_headers=_EVENT_ID,
+    response_headers=EVENT_ID,
 )
 async def delete_library(
     runtime: RuntimeDep,
     request: Request[Any, Any, Any],
     library_id: FromPath[str],
-    idempotency_key: _Key = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[None]:
     """Delete a library with all of its documents (204)."""
     caller = caller_of(request.scope)
-    return await _write(
+    return await write(
         runtime, "delete_library", library_id, status=204, key=idempotency_key, caller=caller
     )
 
@@ -209,17 +171,17 @@ async def delete_library(
 # -- documents ------------------------------------------------------------------------------
 
 
-@post(LIBRARY + "/documents", status_code=201, tags=["documents"], response_headers=_EVENT_ID)
+@post(LIBRARY + "/documents", status_code=201, tags=["documents"], response_headers=EVENT_ID)
 async def add_documents(
     runtime: RuntimeDep,
     request: Request[Any, Any, Any],
     library_id: FromPath[str],
     data: JSONBody[DocumentsIn],
-    idempotency_key: _Key = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[DocumentOut | list[DocumentOut]]:
     """Add a document (``text`` or ``chunks``), or a list of them in one commit (201)."""
     caller = caller_of(request.scope)
-    return await _write(runtime, "add", library_id, data, 201, idempotency_key, caller=caller)
+    return await write(runtime, "add", library_id, data, 201, idempotency_key, caller=caller)
 
 
 @get(LIBRARY + "/documents", tags=["documents"])
@@ -229,7 +191,7 @@ async def list_documents(
     library_id: FromPath[str],
     limit: Annotated[int, _PAGE_LIMIT] = 100,
     cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of a page.")] = None,
-    min_event_id: _MinEventId = None,
+    min_event_id: MinEventId = None,
 ) -> DocumentPage:
     """Documents in insertion order, without chunks; follow ``next_cursor`` for more."""
     caller = caller_of(request.scope)
@@ -250,7 +212,7 @@ async def get_document(
     library_id: FromPath[str],
     document_id: FromPath[str],
     include_embedding: Annotated[bool, QueryParameter(description="With embeddings.")] = False,
-    min_event_id: _MinEventId = None,
+    min_event_id: MinEventId = None,
 ) -> DocumentOut:
     """A document with its chunks."""
     caller = caller_of(request.scope)
@@ -261,19 +223,20 @@ async def get_document(
     return out
 
 
-@patch(DOCUMENT, tags=["documents"], response_headers=_EVENT_ID)
+@patch(DOCUMENT, tags=["documents"], response_headers=EVENT_ID)
 async def update_document(
     runtime: RuntimeDep,
     request: Request[Any, Any, Any],
     library_id: FromPath[str],
     document_id: FromPath[str],
     data: JSONBody[DocumentPatch],
-    idempotency_key: _Key = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[DocumentOut]:
-    """Change title/metadata, or replace the content with ``text`` or ``chunks``."""
+    """Change the title, merge ``metadata`` (a JSON Merge Patch: ``null`` removes a key), or
+    replace the content with ``text`` or ``chunks``."""
     caller = caller_of(request.scope)
     update = DocumentUpdate(document_id=document_id, patch=data)
-    return await _write(
+    return await write(
         runtime, "update_document", library_id, update, key=idempotency_key, caller=caller
     )
 
@@ -282,19 +245,19 @@ async def update_document(
     DOCUMENT,
     status_code=204,
     tags=["documents"],
-    response_headers=_EVENT_ID,
+    response_headers=EVENT_ID,
 )
 async def delete_document(
     runtime: RuntimeDep,
     request: Request[Any, Any, Any],
     library_id: FromPath[str],
     document_id: FromPath[str],
-    idempotency_key: _Key = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[None]:
     """Delete a document (204)."""
     caller = caller_of(request.scope)
     target = DocumentId(document_id=document_id)
-    return await _write(runtime, "delete", library_id, target, 204, idempotency_key, caller=caller)
+    return await write(runtime, "delete", library_id, target, 204, idempotency_key, caller=caller)
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -307,7 +270,8 @@ async def search(
     library_id: FromPath[str],
     data: JSONBody[SearchIn],
 ) -> SearchOut:
-    """The ``k`` best chunks (matching ``filter``), best first."""
+    """The ``k`` best chunks (matching ``filter``), best first; with ``group_by: "document"``
+    the best chunk of each of the ``k`` best documents."""
     caller = caller_of(request.scope)
     out: SearchOut = await runtime.dispatcher.execute("search", library_id, data, caller=caller)
     return out
@@ -427,6 +391,7 @@ def router() -> Router:
             update_document,
             delete_document,
             search,
+            *rest_documents.HANDLERS,
             create_backup,
         ],
         dto=WireBody,

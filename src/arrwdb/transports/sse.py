@@ -5,7 +5,8 @@ Each event is ``id: <id>`` / ``event: <type>`` / ``data: <envelope JSON>`` (line
 ``?since=`` (an id or ``earliest``), else live. The subscription is registered in the handler,
 before the response headers are sent, so nothing written after the client sees the stream open
 is missed; an unknown library, a bad ``since`` or ``types`` are answered (404/422) before the
-stream starts.
+stream starts. The ``Arrwdb-Event-Id`` response header is where the stream starts: resuming
+from it (``Last-Event-ID``) gets every event the stream would have sent.
 
 When the start point is no longer retained, the stream begins with a ``stream.reset`` event
 (``data``: ``reason``, ``requested``, ``earliest``, ``resume_from``) whose ``id`` is the point
@@ -156,6 +157,9 @@ class _EventStream:
                         (b"content-type", EVENT_STREAM.encode()),
                         (b"cache-control", b"no-cache"),
                         (b"x-accel-buffering", b"no"),
+                        # where the stream starts: resuming from it misses nothing (a client
+                        # that loses the stream before its first event resumes from here)
+                        (b"arrwdb-event-id", self._last_sent.encode()),
                     ],
                 }
             )

@@ -9,7 +9,8 @@ per line, in input order. A slow sender thus gets an answer per line; a fast one
 (Litestar's ``Stream`` response also listens on the request channel, and loses body chunks if a
 generator reads the body at the same time: hence the raw ASGI app.)
 
-Ingest adds a batch in one commit; if the commit is refused because of one document, the batch
+Ingest adds a batch in one commit (with ``?upsert=true``, lines with an ``id`` add or replace
+the document of that id); if the commit is refused because of one document, the batch
 is retried document by document so that only the bad lines fail. A bad line is reported
 (``{"line": n, "success": false, "error", "code", "field"?}``) and skipped; the stream goes on,
 and ends with ``{"summary": {"received", "added", "failed", "took_ms"}}``. A line longer than
@@ -24,14 +25,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from litestar import Request, Router, post
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
-from litestar.params import FromPath
+from litestar.params import FromPath, QueryParameter
 from litestar.types import ASGIApp, Receive, Scope, Send
 from msgspec import UNSET
 
@@ -247,7 +248,9 @@ def _too_large(runtime: Runtime) -> PayloadTooLarge:
     return PayloadTooLarge(f"line is longer than the limit of {limit} bytes")
 
 
-async def _ingest(stream: _LineStream, batch: Batch) -> AsyncIterator[Piece]:
+async def _ingest(stream: _LineStream, batch: Batch, action: str = "add") -> AsyncIterator[Piece]:
+    """``action``: ``add``, or ``upsert_many`` (``?upsert=true``: a line with an ``id`` adds
+    or replaces the document of that id, one without is added)."""
     runtime, library_id, caller = stream.runtime, stream.library_id, stream.caller
     answers: dict[int, IngestLine] = {}
     docs: list[DocumentIn] = []
@@ -263,13 +266,13 @@ async def _ingest(stream: _LineStream, batch: Batch) -> AsyncIterator[Piece]:
     if docs:
         results: list[Any]
         try:
-            written = await runtime.dispatcher.write("add", library_id, docs, caller=caller)
+            written = await runtime.dispatcher.write(action, library_id, docs, caller=caller)
             # one event per document, consecutive, in line order: each line gets its own
             first = int(written.event_id) - len(docs) + 1
             results = [Written(out, str(first + i)) for i, out in enumerate(written.result)]
         except (ValidationError, AlreadyExistsError):
             # one document spoiled the commit: add them one by one to find it
-            results = await runtime.dispatcher.execute_each("add", library_id, docs, caller=caller)
+            results = await runtime.dispatcher.execute_each(action, library_id, docs, caller=caller)
         except Exception as exc:  # library gone, storage down, shutting down...
             results = [exc] * len(docs)
         for n, result in zip(numbers, results, strict=True):
@@ -387,11 +390,19 @@ async def ingest(
     request: Request[Any, Any, Any],
     runtime: RuntimeDep,
     library_id: FromPath[str],
+    upsert: Annotated[
+        bool,
+        QueryParameter(
+            description="A line with an `id` adds or replaces the document of that id "
+            "(`document.added` or `document.updated`); a line without one is added."
+        ),
+    ] = False,
 ) -> ASGIApp:
     """NDJSON ingest: `{"line": n, "success": ...}` per line, then `{"summary": {...}}`."""
     caller = caller_of(request.scope)
     await _open(request, runtime, library_id, caller, write=True)
-    return _LineStream(runtime, library_id, caller, _ingest, summary=True)
+    handler = functools.partial(_ingest, action="upsert_many") if upsert else _ingest
+    return _LineStream(runtime, library_id, caller, handler, summary=True)
 
 
 @post(

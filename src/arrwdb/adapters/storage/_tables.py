@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 
-from arrwdb.domain.catalog import Catalog
+from arrwdb.domain.catalog import Catalog, count_of, page_of
 from arrwdb.domain.changes import Batch
+from arrwdb.domain.filters import Predicate
 from arrwdb.domain.models import Document, Library, Page
 
 
@@ -26,9 +27,19 @@ class CatalogReads:
         with self._state:
             return self._visible.document(library_id, document_id)
 
-    def list_documents(self, library_id: str, limit: int, cursor: str | None) -> Page:
+    def list_documents(
+        self, library_id: str, limit: int, cursor: str | None, where: Predicate | None = None
+    ) -> Page:
         with self._state:
-            return self._visible.page(library_id, limit, cursor)
+            if where is None:
+                return self._visible.page(library_id, limit, cursor)
+            entries = self._visible.entries(library_id)
+        return page_of(entries, limit, cursor, where)  # the filter runs without the lock
+
+    def count_documents(self, library_id: str, where: Predicate) -> int:
+        with self._state:
+            entries = self._visible.entries(library_id)
+        return count_of(entries, where)
 
     def iter_documents(self, library_id: str) -> Iterator[Document]:
         with self._state:
