@@ -4,16 +4,12 @@ exceptions, with change streams over Server-Sent Events that resume by themselve
 
 from __future__ import annotations
 
+from arrwdb.remote._events import RemoteEventStream
+from arrwdb.remote._http import DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from arrwdb.remote._ingest import AsyncIngest, Ingest, IngestResult
 from arrwdb.remote._wire import ServerUnavailableError
 from arrwdb.remote.aio import AsyncRemoteDatabase, AsyncRemoteEventStream, AsyncRemoteLibrary
-from arrwdb.remote.sync import (
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT,
-    RemoteDatabase,
-    RemoteEventStream,
-    RemoteLibrary,
-)
+from arrwdb.remote.sync import RemoteDatabase, RemoteLibrary
 
 
 def connect(

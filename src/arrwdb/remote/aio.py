@@ -17,9 +17,7 @@ from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library, Page, SearchResult
 from arrwdb.remote import _calls, _wire
 from arrwdb.remote._calls import Call
-from arrwdb.remote._ingest import AsyncIngest
-from arrwdb.remote._sse import BUFFER, SILENCE, Backoff, Parser, Position, is_final
-from arrwdb.remote.sync import (
+from arrwdb.remote._http import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     error_of,
@@ -27,6 +25,8 @@ from arrwdb.remote.sync import (
     retry_delay,
     unavailable,
 )
+from arrwdb.remote._ingest import AsyncIngest
+from arrwdb.remote._sse import BUFFER, SILENCE, Backoff, Parser, Position, is_final
 
 T = TypeVar("T")
 
