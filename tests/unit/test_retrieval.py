@@ -1,18 +1,29 @@
-"""Retrieval quality: plain-English questions over standard-library docstrings.
+"""Retrieval quality: plain-English questions over two sets of documents.
 
 ``tests/data/retrieval/documents.jsonl`` holds 1,200 documents (the first paragraph of the
 docstrings of module-level functions and classes of the standard library, near-copies left
 out; written by ``tests/data/make_retrieval.py``); ``queries.json`` holds 85 questions written
 by hand, each a paraphrase of one document that avoids that document's key words where it can
 ("largest whole number whose square does not exceed n" for ``math.isqrt``, "Return the integer
-part of the square root of the input"), with that document's id.
+part of the square root of the input"), with that document's id. Many of its documents are
+near-neighbours (``math.dist`` beside ``math.hypot``): a hard set.
+
+``tests/data/retrieval_topics/`` is the other set: 1,267 documents that are distinct topics, as
+in a RAG corpus (the opening of the module docstrings of the standard library and of installed
+packages, near-copies left out; written by ``tests/data/make_retrieval_topics.py``), and 87
+hand-written questions, each a paraphrase of what one module is for, again avoiding its key
+words ("make Firefox or Chrome show a page" for ``webbrowser``, "Interfaces for launching and
+remotely controlling web browsers"); written, with their targets chosen, before any
+measurement, and not reworded since.
 
 Both embedders index the same documents in an in-process library (exact ``flat`` index) and
 answer every question; a question counts for top-1 when its document comes first, for top-5
-when it is among the first five. Measured (CPython 3.11, int8 model): minilm top-1 0.42 and
-top-5 0.81; hashing 0.13 and 0.22. What is asserted, with a margin below those figures: minilm
-finds the document among its first five for at least 80% of the questions, and comes first at
-least twice as often as hashing.
+when it is among the first five. Measured (CPython 3.11, int8 model): on the first set minilm
+top-1 0.42 and top-5 0.81, hashing 0.13 and 0.22; on the topics set minilm top-1 0.37 and
+top-5 0.66, hashing 0.03 and 0.06. The target of top-1 >= 0.8 is not met on either. What is
+asserted, with a margin below those figures: on the first set minilm finds the document among
+its first five for at least 80% of the questions; on both it comes first at least twice as
+often as hashing, and at least 35% (first set) and 32% (topics) of the time.
 """
 
 from __future__ import annotations
@@ -26,24 +37,28 @@ import arrwdb
 import embed_model
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "retrieval"
+TOPICS = Path(__file__).resolve().parents[1] / "data" / "retrieval_topics"
 
 
-def load() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    with (DATA / "documents.jsonl").open(encoding="utf-8") as f:
+def load(data: Path = DATA) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    with (data / "documents.jsonl").open(encoding="utf-8") as f:
         documents = [json.loads(line) for line in f]
-    queries = json.loads((DATA / "queries.json").read_text(encoding="utf-8"))
+    queries = json.loads((data / "queries.json").read_text(encoding="utf-8"))
     return documents, queries
 
 
-def test_the_retrieval_set_is_as_described() -> None:
-    documents, queries = load()
+@pytest.mark.parametrize(
+    ("data", "least"), [(DATA, 50), (TOPICS, 60)], ids=["docstrings", "topics"]
+)
+def test_the_retrieval_set_is_as_described(data: Path, least: int) -> None:
+    documents, queries = load(data)
     ids = [d["id"] for d in documents]
     assert len(documents) >= 1_000
     assert len(set(ids)) == len(ids)
-    assert len(queries) >= 50
+    assert len(queries) >= least
     assert len({q["id"] for q in queries}) == len(queries)  # one question per document
     assert {q["id"] for q in queries} <= set(ids)
-    assert (DATA / "documents.jsonl").stat().st_size < 1_000_000
+    assert (data / "documents.jsonl").stat().st_size < 1_000_000
 
 
 def ranks(
@@ -61,9 +76,9 @@ def ranks(
     return out
 
 
-def test_minilm_finds_what_the_question_means_where_hashing_needs_its_words() -> None:
-    embed_model.require()
-    documents, queries = load()
+def measure(data: Path) -> tuple[dict[str, tuple[float, float]], str]:
+    """Top-1 and top-5 of each embedder over the set in ``data``, and a line that says so."""
+    documents, queries = load(data)
     figures = {}
     for embedder in ("minilm", "hashing"):
         r = ranks(embedder, documents, queries)
@@ -74,11 +89,28 @@ def test_minilm_finds_what_the_question_means_where_hashing_needs_its_words() ->
     summary = ", ".join(
         f"{name} top-1 {top1:.3f} top-5 {top5:.3f}" for name, (top1, top5) in figures.items()
     )
-    print(f"\nretrieval over {len(documents)} documents, {len(queries)} questions: {summary}")
+    print(f"\n{data.name}: {len(documents)} documents, {len(queries)} questions: {summary}")
+    return figures, summary
+
+
+def test_minilm_finds_what_the_question_means_where_hashing_needs_its_words() -> None:
+    embed_model.require()
+    figures, summary = measure(DATA)
     (minilm_top1, minilm_top5), (hashing_top1, _) = figures["minilm"], figures["hashing"]
     assert minilm_top5 >= 0.8, summary
     assert minilm_top1 >= 2 * hashing_top1, summary
     assert minilm_top1 >= 0.35, summary  # (measured 0.42: a regression guard)
+
+
+def test_minilm_finds_the_topic_a_question_is_about() -> None:
+    """Over distinct topics (module docstrings), as in a RAG corpus. The target is top-1 >= 0.8;
+    measured 0.368 (top-5 0.655), so what is asserted is what holds, with a margin."""
+    embed_model.require()
+    figures, summary = measure(TOPICS)
+    (minilm_top1, minilm_top5), (hashing_top1, _) = figures["minilm"], figures["hashing"]
+    assert minilm_top1 >= 2 * hashing_top1, summary
+    assert minilm_top1 >= 0.32, summary  # (measured 0.368: a regression guard)
+    assert minilm_top5 >= 0.6, summary  # (measured 0.655)
 
 
 @pytest.mark.parametrize("embedder", ["hashing"])
