@@ -111,7 +111,7 @@ def test_a_users_function_embeds_documents_and_queries() -> None:
         hits = lib.search("banana", k=3).results
         assert hits[0].document_id == "a"
         assert lib.search("tutu uu", k=1).results[0].document_id == "u"
-        stored = lib.get_document("a").chunks[0].embedding  # as the function gave it
+        stored = lib.get_document("a", include_embedding=True).chunks[0].embedding  # as given
         np.testing.assert_array_equal(stored, vowels(["aaaa aaaa"])[0])
 
 
