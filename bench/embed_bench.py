@@ -74,6 +74,25 @@ def through_library(name: str, data: list[str]) -> float:
         return time.perf_counter() - start
 
 
+def text_queries(name: str, data: list[str], count: int, repeats: int) -> tuple[float, float]:
+    """Seconds for ``count`` text queries as one ``search_many`` and one ``search`` each."""
+    with arrwdb.open() as db:
+        lib = db.create_library(name, embedder=name, index="flat")
+        lib.add_documents([{"text": t} for t in data[:256]])
+        queries = data[-count:]
+        lib.search_many(queries[:2], k=5)  # warm up
+        together = alone = float("inf")
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            lib.search_many(queries, k=5)
+            together = min(together, time.perf_counter() - start)
+            start = time.perf_counter()
+            for query in queries:
+                lib.search(query, k=5)
+            alone = min(alone, time.perf_counter() - start)
+        return together, alone
+
+
 def run(args: Any) -> dict[str, Any]:
     data = texts(args.n)
     words = [len(t.split()) for t in data]
@@ -108,6 +127,14 @@ def run(args: Any) -> dict[str, Any]:
         name: len(docs) / min(through_library(name, docs) for _ in range(max(1, args.repeats)))
         for name in names
     }
+    log(f"text queries: {args.batch} as one search_many, then one search each")
+    result["text_queries_ms"] = {}
+    for name in names:
+        together, alone = text_queries(name, data, args.batch, args.repeats)
+        result["text_queries_ms"][name] = {
+            "search_many": together * 1000,
+            "one_by_one": alone * 1000,
+        }
     return result
 
 
@@ -144,10 +171,28 @@ def report(result: dict[str, Any]) -> str:
         "single p99 ms",
         "library add docs/s",
     ]
+    queries = result["text_queries_ms"]
+    query_rows = [
+        [
+            name,
+            queries[name]["search_many"],
+            queries[name]["one_by_one"],
+            queries[name]["one_by_one"] / queries[name]["search_many"],
+        ]
+        for name in ("minilm", "hashing")
+    ]
+    query_headers = [
+        "embedder",
+        f"search_many of {result['batch']} texts ms",
+        "one search each ms",
+        "search_many: times faster",
+    ]
     return (
         f"## Embedding throughput ({result['texts']} texts of ~"
         f"{result['words_per_text_mean']:.0f} words, {result['threads']} threads)\n\n"
         + markdown_table(headers, rows)
+        + "\n\n## Text queries: embedded together by search_many, or one by one\n\n"
+        + markdown_table(query_headers, query_rows)
     )
 
 

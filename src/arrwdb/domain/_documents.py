@@ -221,16 +221,22 @@ class DocumentBuilder:
                 "give exactly one of query_text and query_vector", field="query_text"
             )
         if query.text is not None:
-            text = v.check_text(query.text, "query_text")
-            if library.embedder is None:
-                raise EmbedderRequiredError(library.name, "query_text")
-            if library.dimension is None:
-                return np.empty(0, dtype=np.float32)
-            embedded: Vector = self._embedder(library).embed([text], library.dimension)[0]
-            return embedded
+            vectors = self.text_query_vectors(library, [query.text])
+            return np.empty(0, dtype=np.float32) if vectors is None else vectors[0]
         assert query.vector is not None
         vector = v.as_vector(query.vector, library.dimension, library.metric, "query_vector")
         return vector if library.dimension is not None else np.empty(0, dtype=np.float32)
+
+    def text_query_vectors(self, library: Library, texts: Sequence[str]) -> Matrix | None:
+        """Text queries as vectors, embedded in one call (a model embeds a batch much faster
+        than its texts one by one); ``None`` when the library has no dimension yet (no
+        results)."""
+        checked = [v.check_text(text, "query_text") for text in texts]
+        if library.embedder is None:
+            raise EmbedderRequiredError(library.name, "query_text")
+        if library.dimension is None:
+            return None
+        return self._embedder(library).embed(checked, library.dimension)
 
 
 def new_ids(count: int) -> list[str]:

@@ -222,6 +222,8 @@ class Searcher:
         dimension = library.dimension
         # float32 vectors of the right length are checked together below, in two numpy calls
         batchable: list[tuple[int, tuple[int, int | None, Predicate | None], Vector]] = []
+        # text queries are embedded together below, in one call of the embedder
+        texts: list[tuple[int, tuple[int, int | None, Predicate | None], str]] = []
         for i, query in enumerate(queries):
             k = v.check_k(query.k)
             ef = v.check_ef(query.ef)
@@ -245,6 +247,9 @@ class Searcher:
             ):
                 batchable.append((i, key, given))
                 continue
+            if query.text is not None and given is None:
+                texts.append((i, key, query.text))
+                continue
             vector = self._builder.query_vector(library, query)
             if len(vector):
                 plan.setdefault(key, []).append((i, vector))
@@ -253,6 +258,10 @@ class Searcher:
             if not _all_finite_and_nonzero(matrix):
                 raise InvalidArgumentError("a query vector needs the full checks")
             for (i, key, _), row in zip(batchable, matrix, strict=True):
+                plan.setdefault(key, []).append((i, row))
+        if texts:
+            embedded = self._builder.text_query_vectors(library, [text for _, _, text in texts])
+            for (i, key, _), row in zip(texts, () if embedded is None else embedded, strict=False):
                 plan.setdefault(key, []).append((i, row))
         return plan
 
