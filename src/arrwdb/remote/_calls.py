@@ -3,6 +3,7 @@ The sync and the async client run the same calls (``sync.py``, ``aio.py``)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,28 +91,26 @@ def add_document(library_id: str, document: Mapping[str, Any]) -> Call[Document]
 
 
 def add_documents(library_id: str, documents: Iterable[Any]) -> list[Call[list[Document]]]:
-    """The documents in requests of at most ``BULK_REQUEST_BYTES`` of JSON each."""
+    """The documents in requests of at most ``BULK_REQUEST_BYTES`` of JSON each (all encoded
+    before the first is sent: a document that cannot be sent fails the call before any write)."""
     calls: list[Call[list[Document]]] = []
     batch: list[bytes] = []
     size = 0
-
-    def flush() -> None:
-        nonlocal batch, size
-        if batch:
-            body = _Raw(b"[" + b",".join(batch) + b"]")
-            calls.append(
-                Call("POST", f"{_lib(library_id)}/documents", _wire.documents, body, write=True)
-            )
-        batch, size = [], 0
-
     for doc in documents:
         encoded = _wire.encode(_wire.document_body(doc))
         if batch and size + len(encoded) > BULK_REQUEST_BYTES:
-            flush()
+            calls.append(_bulk(library_id, batch))
+            batch, size = [], 0
         batch.append(encoded)
         size += len(encoded) + 1
-    flush()
+    if batch:
+        calls.append(_bulk(library_id, batch))
     return calls
+
+
+def _bulk(library_id: str, encoded: list[bytes]) -> Call[list[Document]]:
+    body = _Raw(b"[" + b",".join(encoded) + b"]")
+    return Call("POST", f"{_lib(library_id)}/documents", _wire.documents, body, write=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,11 +203,14 @@ def search_many_lines(queries: Iterable[Any], k: int, options: Mapping[str, Any]
     return b"".join(_wire.encode(_wire.search_body(q, k, options)) + b"\n" for q in queries)
 
 
-def search_many_results(lines: Iterable[Mapping[str, Any]]) -> list[SearchResult]:
-    """The results of a batch search's answer lines, in input order; the first failed line
+def search_many_results(answer: str) -> list[SearchResult]:
+    """The results of a batch search's NDJSON answer, in input order; the first failed line
     is raised as the error it reports."""
     results: list[SearchResult] = []
-    for line in lines:
+    for raw in answer.splitlines():
+        if not raw.strip():
+            continue
+        line = json.loads(raw)
         if "summary" in line:
             continue
         if not line.get("success", True):

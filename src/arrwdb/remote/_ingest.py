@@ -58,6 +58,11 @@ class IngestResult:
         )
 
 
+def ndjson_line(document: Any) -> bytes:
+    """One document as a line of the NDJSON ingest body."""
+    return _wire.encode(_wire.document_body(document)) + b"\n"
+
+
 def request_target(http_url: str, path: str, upsert: bool) -> tuple[httpx.URL, str]:
     url = httpx.URL(http_url)
     target = url.raw_path.decode().rstrip("/") + path + ("?upsert=true" if upsert else "")
@@ -197,7 +202,7 @@ class Ingest:
                 self._out += self._conn.send(h11.EndOfMessage()) or b""
                 self._documents = None
                 return
-            line = _wire.encode(_wire.document_body(doc)) + b"\n"
+            line = ndjson_line(doc)
             self._out += self._conn.send(h11.Data(data=line)) or b""
 
     def _step(self) -> None:
@@ -311,7 +316,7 @@ class AsyncIngest:
         buffered = 0
         try:
             for doc in self._documents:
-                line = _wire.encode(_wire.document_body(doc)) + b"\n"
+                line = ndjson_line(doc)
                 writer.write(conn.send(h11.Data(data=line)) or b"")
                 buffered += len(line)
                 if buffered >= _WRITE_BYTES:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -212,8 +211,7 @@ class AsyncRemoteLibrary:
             content=_calls.search_many_lines(queries, k, opts),
             content_type="application/x-ndjson",
         )
-        lines = [json.loads(line) for line in response.text.splitlines() if line.strip()]
-        return _calls.search_many_results(lines)
+        return _calls.search_many_results(response.text)
 
     async def get_document(self, document_id: str, *, include_embedding: bool = False) -> Document:
         return await self._http.run(_calls.get_document(self.id, document_id, include_embedding))

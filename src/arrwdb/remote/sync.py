@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType, TracebackType
 from typing import Any
@@ -204,8 +203,7 @@ class RemoteLibrary:
             content=content,
             content_type="application/x-ndjson",
         )
-        lines = [json.loads(line) for line in response.text.splitlines() if line.strip()]
-        return _calls.search_many_results(lines)
+        return _calls.search_many_results(response.text)
 
     def get_document(self, document_id: str, *, include_embedding: bool = False) -> Document:
         return self._http.run(_calls.get_document(self.id, document_id, include_embedding))
