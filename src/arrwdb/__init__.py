@@ -4,7 +4,8 @@
 >>> db = arrwdb.open()                      # in memory; arrwdb.open("./data") is durable
 >>> lib = db.create_library("papers")
 
-``arrwdb.connect("http://127.0.0.1:8000")`` gives the same API as a client of a server.
+``arrwdb.connect("http://127.0.0.1:8000")`` gives the same API as a client of a server;
+``lib.watch(query, k=10)`` is a live query on either.
 """
 
 from arrwdb.client import (
@@ -27,11 +28,13 @@ from arrwdb.domain.errors import (
     InvalidFilterError,
     InvalidVectorError,
     LibraryNotFoundError,
+    LimitExceededError,
     NotFoundError,
     SlowConsumerError,
     StorageError,
     SubscriptionClosedError,
     ValidationError,
+    WatchNotFoundError,
 )
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import (
@@ -46,6 +49,7 @@ from arrwdb.domain.models import (
     SearchQuery,
     SearchResult,
 )
+from arrwdb.domain.watches import Watch, WatchEvent
 from arrwdb.remote import (
     AsyncRemoteDatabase,
     IngestResult,
@@ -79,6 +83,7 @@ __all__ = [
     "Library",
     "LibraryHandle",
     "LibraryNotFoundError",
+    "LimitExceededError",
     "NewChunk",
     "NewDocument",
     "NotFoundError",
@@ -93,6 +98,9 @@ __all__ = [
     "StorageError",
     "SubscriptionClosedError",
     "ValidationError",
+    "Watch",
+    "WatchEvent",
+    "WatchNotFoundError",
     "__version__",
     "connect",
     "connect_async",

@@ -6,7 +6,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from arrwdb.api import AsyncDatabaseAPI, AsyncLibraryAPI, DatabaseAPI, Events, LibraryAPI
+    from arrwdb.api import (
+        AsyncDatabaseAPI,
+        AsyncLibraryAPI,
+        AsyncWatchAPI,
+        AsyncWatchStream,
+        DatabaseAPI,
+        Events,
+        LibraryAPI,
+        WatchAPI,
+        WatchStream,
+    )
     from arrwdb.client import (
         AsyncDatabase,
         AsyncLibraryHandle,
@@ -14,12 +24,17 @@ if TYPE_CHECKING:
         EventStream,
         LibraryHandle,
     )
+    from arrwdb.live import AsyncWatchHandle, WatchEvents, WatchHandle
     from arrwdb.remote import (
         AsyncRemoteDatabase,
         AsyncRemoteLibrary,
+        AsyncRemoteWatch,
+        AsyncRemoteWatchEvents,
         RemoteDatabase,
         RemoteEventStream,
         RemoteLibrary,
+        RemoteWatch,
+        RemoteWatchEvents,
     )
 
     def _sync(db: Database, remote: RemoteDatabase) -> list[DatabaseAPI]:
@@ -31,6 +46,12 @@ if TYPE_CHECKING:
     def _streams(stream: EventStream, remote: RemoteEventStream) -> list[Events]:
         return [stream, remote]
 
+    def _watches(watch: WatchHandle, remote: RemoteWatch) -> list[WatchAPI]:
+        return [watch, remote]
+
+    def _watch_streams(events: WatchEvents, remote: RemoteWatchEvents) -> list[WatchStream]:
+        return [events, remote]
+
     def _async(db: AsyncDatabase, remote: AsyncRemoteDatabase) -> list[AsyncDatabaseAPI]:
         return [db, remote]
 
@@ -38,3 +59,11 @@ if TYPE_CHECKING:
         lib: AsyncLibraryHandle, remote: AsyncRemoteLibrary
     ) -> list[AsyncLibraryAPI]:
         return [lib, remote]
+
+    def _async_watches(watch: AsyncWatchHandle, remote: AsyncRemoteWatch) -> list[AsyncWatchAPI]:
+        return [watch, remote]
+
+    def _async_watch_streams(
+        events: WatchEvents, remote: AsyncRemoteWatchEvents
+    ) -> list[AsyncWatchStream]:
+        return [events, remote]

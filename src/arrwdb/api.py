@@ -3,7 +3,8 @@
 
 Code written against these types runs unchanged on either: the same methods, arguments,
 results (the models of ``arrwdb``: ``Library``, ``Document``, ``SearchResult``, ``Page``,
-``Event``) and exceptions (``arrwdb.NotFoundError`` and the rest, with the same ``code``).
+``Event``, ``WatchEvent``) and exceptions (``arrwdb.NotFoundError`` and the rest, with the same
+``code``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library, NewChunk, NewDocument, Page, SearchResult
+from arrwdb.domain.watches import Watch, WatchEvent
 
 #: A search query: text, or a vector (a list of floats or a 1-D numpy array).
 Query = str | Sequence[float] | np.ndarray
@@ -48,6 +50,87 @@ class AsyncEvents(Protocol):
     def __aiter__(self) -> AsyncIterator[Event]: ...
 
     def close(self) -> None: ...
+
+
+class WatchStream(Protocol):
+    """The events of a live query (``w.events()``): ``watch.ready`` first, then
+    ``watch.entered``/``watch.left`` (a top-k watch) or ``watch.match`` (a match watch), in
+    order; a ``stream.closed`` last when the watch ends (deleted, expired, its library
+    deleted). Iteration stops after the ``timeout`` without an event."""
+
+    @property
+    def last_id(self) -> str | None:
+        """The id of the last event handed out: resume from it with ``w.events(since=...)``."""
+        ...
+
+    def poll(self) -> WatchEvent | None:
+        """The next event if there is one now, without waiting."""
+        ...
+
+    def __iter__(self) -> Iterator[WatchEvent]: ...
+
+    def __next__(self) -> WatchEvent: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncWatchStream(Protocol):
+    """The events of a live query for ``async for``."""
+
+    @property
+    def last_id(self) -> str | None: ...
+
+    def poll(self) -> WatchEvent | None: ...
+
+    def __aiter__(self) -> AsyncIterator[WatchEvent]: ...
+
+    def close(self) -> None: ...
+
+
+class WatchAPI(Protocol):
+    """A live query (``lib.watch(...)``): it lives until ``close()`` (or the end of a
+    ``with`` block)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def info(self) -> Watch:
+        """The registration: ``k``, ``threshold``, ``filter``, ``created_at``..."""
+        ...
+
+    def events(self, since: str | None = None, *, timeout: float | None = None) -> WatchStream:
+        """Its events, from a fresh ``watch.ready`` or after ``since`` (a watch event id).
+        Raises ``WatchNotFoundError`` once the watch is closed."""
+        ...
+
+    def close(self) -> None:
+        """Remove the watch (idempotent)."""
+        ...
+
+    def __enter__(self) -> WatchAPI: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class AsyncWatchAPI(Protocol):
+    """``WatchAPI`` for coroutines: ``await w.close()``, ``async with``."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def info(self) -> Watch: ...
+
+    def events(
+        self, since: str | None = None, *, timeout: float | None = None
+    ) -> AsyncWatchStream: ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> AsyncWatchAPI: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
 
 
 class LibraryAPI(Protocol):
@@ -150,6 +233,19 @@ class LibraryAPI(Protocol):
         types: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> Events: ...
+
+    def watch(
+        self,
+        query: Query,
+        k: int | None = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        threshold: float | None = None,
+    ) -> WatchAPI:
+        """A live query: a top-k watch (``k``, optional ``threshold`` floor) or a match watch
+        (``k=None`` and a ``threshold``). Raises ``NotFoundError``, ``ValidationError`` (as
+        ``search``), ``LimitExceededError``."""
+        ...
 
 
 class DatabaseAPI(Protocol):
@@ -255,6 +351,10 @@ class AsyncLibraryAPI(Protocol):
         types: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> AsyncEvents: ...
+
+    async def watch(self, query: Query, k: int | None = 10, **options: Any) -> AsyncWatchAPI:
+        """``LibraryAPI.watch`` (``filter=``, ``threshold=``)."""
+        ...
 
 
 class AsyncDatabaseAPI(Protocol):

@@ -37,6 +37,7 @@ from arrwdb.domain.models import (
 )
 from arrwdb.domain.ports import Subscription
 from arrwdb.domain.service import VectorDBService
+from arrwdb.live import AsyncWatchHandle, WatchHandle
 
 Query = str | Sequence[float] | np.ndarray
 
@@ -379,6 +380,25 @@ class LibraryHandle:
         """Change ``name``, ``description`` or ``metadata``."""
         return self._service.update_library(self.id, **changes)
 
+    def watch(
+        self,
+        query: Query,
+        k: int | None = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        threshold: float | None = None,
+    ) -> WatchHandle:
+        """A live query: ``k`` given (default 10), the results of an exact search for
+        ``query`` (a text or a vector; ``filter`` and the ``threshold`` floor applied), kept
+        as every change commits; ``k=None`` and a ``threshold``, a ``watch.match`` for every
+        chunk added or updated that reaches it. Read with ``w.events(timeout=...)``; the
+        watch lives until ``w.close()``. Raises ``NotFoundError``, ``ValidationError`` (as
+        ``search``), ``LimitExceededError`` (``max_watches_per_library``)."""
+        watching = self._service.watching
+        spec = watching.prepare(self.id, query, k=k, threshold=threshold, filter=filter)
+        watching.start(spec)
+        return WatchHandle(watching, spec)
+
     def events(
         self,
         since: str | int | None = None,
@@ -614,6 +634,11 @@ class AsyncLibraryHandle:
     def events(self, since: str | int | None = None, **options: Any) -> EventStream:
         """Use with ``async for``; registered when this returns."""
         return self._h.events(since, **options)
+
+    async def watch(self, query: Query, k: int | None = 10, **options: Any) -> AsyncWatchHandle:
+        """``LibraryHandle.watch``; read with ``async for event in w.events()``."""
+        handle: WatchHandle = await self._run(self._h.watch, query, k, **options)
+        return AsyncWatchHandle(handle)
 
 
 __all__ = [

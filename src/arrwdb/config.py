@@ -39,6 +39,8 @@ class Settings:
     history_size: int = 10_000
     history_max_age: float | None = None
     subscriber_buffer: int | None = None
+    # watches: seconds a REST watch lives without a listener on any server
+    watch_ttl: float = 3600.0
     # text: the embedder of a library created without naming one (``hashing``, ``minilm``,
     # an entry point's or one given to ``arrwdb.open(embedders=...)``)
     default_embedder: str = "hashing"
@@ -69,6 +71,8 @@ class Settings:
     max_dimension: int = 16_384
     max_libraries: int = 10_000
     max_backups: int = 100
+    max_watches_per_library: int = 10_000
+    max_watches_per_key: int = 1_000
     # observability: /metrics on a port of its own (no key asked there) instead of the API's
     metrics_port: int | None = None
     max_body_bytes: int = 64 * 1024 * 1024
@@ -123,6 +127,8 @@ class Settings:
             )
         if self.postgres_poll_interval <= 0:
             raise ValueError("postgres_poll_interval must be > 0")
+        if not self.watch_ttl > 0:
+            raise ValueError("watch_ttl must be > 0 (seconds)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -3,8 +3,9 @@
 One ``Selector`` per port picks its adapter from configuration; everything that opens and
 closes is a ``Resource`` that owns that lifecycle: the store (``start``: recovery; ``stop``),
 the event hub (started after the store's head, reading the store's log behind its memory when
-the store keeps one; stopped), and the service (loads the projection; saves indexes at the
-end). ``init_resources()`` opens them in that order, ``shutdown_resources()`` closes them in
+the store keeps one; stopped), and the service (loads the projection and starts the stored
+watches again, follows them and expires idle ones; saves indexes at the end, and closes the
+watch store). ``init_resources()`` opens them in that order, ``shutdown_resources()`` closes them in
 the reverse one. Nothing is built when this module is imported: ``build_container(settings)``
 wires, ``init_resources()`` opens.
 
@@ -28,6 +29,8 @@ from arrwdb.adapters.keys.memory import MemoryKeys
 from arrwdb.adapters.storage.disk import DiskStore
 from arrwdb.adapters.storage.index_files import FileIndexStore
 from arrwdb.adapters.storage.memory import InMemoryStore
+from arrwdb.adapters.watches.file import FileWatches
+from arrwdb.adapters.watches.memory import MemoryWatches
 from arrwdb.config import Settings
 from arrwdb.domain.access import KeyRing
 from arrwdb.domain.chunking import Chunker
@@ -41,6 +44,7 @@ from arrwdb.domain.ports import (
     IndexStore,
     KeyStore,
     Store,
+    WatchStore,
 )
 from arrwdb.domain.service import VectorDBService
 
@@ -71,6 +75,8 @@ def _service(
     index_store: IndexStore | None,
     index_save_interval: float,
     limits: Limits,
+    watch_store: WatchStore,
+    watch_ttl: float,
 ) -> Iterator[VectorDBService]:
     service = VectorDBService(
         store,
@@ -81,18 +87,26 @@ def _service(
         default_embedder=default_embedder,
         index_store=index_store,
         limits=limits,
+        watch_store=watch_store,
+        watch_ttl=watch_ttl,
     )
     try:
-        service.load()
-        service.follow()
-        service.autosave_indexes(index_save_interval)
-    except BaseException:
-        service.close()
-        raise
-    try:
-        yield service
+        try:
+            service.load()
+            service.follow()
+            service.watching.keep()
+            service.autosave_indexes(index_save_interval)
+        except BaseException:
+            service.close()
+            raise
+        try:
+            yield service
+        finally:
+            service.close()
     finally:
-        service.close()
+        close = getattr(watch_store, "close", None)
+        if close is not None:
+            close()
 
 
 def _indexes_dir(data_dir: str) -> Path:
@@ -123,6 +137,19 @@ def _postgres_keys(url: str, schema: str) -> KeyStore:
         ) from None
 
     return PostgresKeys(url, schema)
+
+
+def _postgres_watches(url: str, schema: str) -> WatchStore:
+    """The stored watches of a PostgreSQL store (imported here: it needs the ``postgres``
+    extra)."""
+    try:
+        from arrwdb.adapters.watches.postgres import PostgresWatches
+    except ImportError:
+        raise StorageError(
+            "PostgreSQL storage needs the postgres extra: pip install 'arrwdb[postgres]'"
+        ) from None
+
+    return PostgresWatches(url, schema)
 
 
 def _loaded_keyring(store: KeyStore, admin_key: str | None, _: Store) -> Iterator[KeyRing]:
@@ -203,6 +230,16 @@ class Container(containers.DeclarativeContainer):
     )
     keyring = providers.Resource(_loaded_keyring, key_store, config.api_key, opened_store)
 
+    # REST watches live beside the store too (and are shared on PostgreSQL)
+    watch_store = providers.Selector(
+        config.storage,
+        memory=providers.Singleton(MemoryWatches),
+        disk=providers.Singleton(FileWatches, config.data_dir),
+        postgres=providers.Singleton(
+            _postgres_watches, url=config.postgres_url, schema=config.postgres_schema
+        ),
+    )
+
     service = providers.Resource(
         _service,
         store=opened_store,
@@ -213,12 +250,15 @@ class Container(containers.DeclarativeContainer):
         default_embedder=config.default_embedder,
         index_store=index_store,
         index_save_interval=config.index_save_interval,
+        watch_store=watch_store,
+        watch_ttl=config.watch_ttl,
         limits=providers.Factory(
             Limits,
             metadata_bytes=config.max_metadata_bytes,
             text_bytes=config.max_text_bytes,
             dimension=config.max_dimension,
             libraries=config.max_libraries,
+            watches_per_library=config.max_watches_per_library,
         ),
     )
 

@@ -361,3 +361,194 @@ async def test_the_async_data_calls(adb: AsyncDatabaseAPI) -> None:
     assert [d.id for d in (await lib.query_documents(filter={})).documents] == ["a", "b"]
     assert await lib.delete_documents(ids=["a"]) == 1
     assert await lib.count() == 1
+
+
+# -- live queries ---------------------------------------------------------------------------
+
+
+def near_and_far(lib: Any) -> tuple[arrwdb.Document, arrwdb.Document]:
+    near = lib.add_document(title="near", chunks=[{"text": "n", "embedding": unit(1.0, 0.5)}])
+    far = lib.add_document(title="far", chunks=[{"text": "f", "embedding": [0.0, 1.0]}])
+    return near, far
+
+
+def change_ids(lib: Any) -> list[str]:
+    return [e.id for e in lib.events(since="earliest", timeout=0.5)]
+
+
+def test_a_top_k_watch_follows_adds_updates_and_deletes(db: DatabaseAPI) -> None:
+    lib = db.create_library(name(), dimension=2, index="flat", embedder=None)
+    near, far = near_and_far(lib)
+    w = lib.watch([1.0, 0.0], k=1, filter={"keep": {"$ne": False}})
+    assert isinstance(w.info, arrwdb.Watch)
+    assert (w.id, w.info.library_id, w.info.k, w.info.threshold) == (w.info.id, lib.id, 1, None)
+    assert w.info.filter == {"keep": {"$ne": False}}
+    events = w.events(timeout=5.0)
+    ready = next(events)
+    assert isinstance(ready, arrwdb.WatchEvent)
+    assert (ready.type, ready.library_id, ready.watch_id) == ("watch.ready", lib.id, w.id)
+    assert [h["document_id"] for h in ready.data["results"]] == [near.id]
+    assert ready.data["event_id"] == ready.id == change_ids(lib)[-1]
+    best = lib.add_document(title="best", chunks=[{"text": "b", "embedding": [1.0, 0.0]}])
+    left, entered = next(events), next(events)
+    caused_by = change_ids(lib)[-1]  # the document.added of best
+    assert (left.type, left.data["document_id"], left.data["reason"], left.data["rank"]) == (
+        "watch.left",
+        near.id,
+        "outranked",
+        0,
+    )
+    assert (entered.type, entered.data["document_id"], entered.data["rank"]) == (
+        "watch.entered",
+        best.id,
+        0,
+    )
+    assert entered.data["score"] == pytest.approx(1.0)
+    assert left.data["event_id"] == entered.data["event_id"] == caused_by
+    assert (left.id, entered.id) == (f"{caused_by}.0", f"{caused_by}.1")
+    lib.update_document(best.id, metadata={"keep": False})
+    gone, back = next(events), next(events)
+    assert (gone.data["document_id"], gone.data["reason"]) == (best.id, "filtered")
+    assert (back.type, back.data["document_id"]) == ("watch.entered", near.id)
+    lib.delete_document(near.id)
+    deleted, refill = next(events), next(events)
+    assert (deleted.type, deleted.data["reason"]) == ("watch.left", "deleted")
+    assert (refill.type, refill.data["document_id"]) == ("watch.entered", far.id)
+    assert events.last_id == refill.id
+    # resumed from an id: exactly the events after it
+    seen = [left, entered, gone, back, deleted, refill]
+    again = w.events(since=ready.id, timeout=5.0)
+    assert [next(again).id for _ in seen] == [e.id for e in seen]
+    assert again.poll() is None
+    again.close()
+    w.close()
+    closed = next(events)
+    assert (closed.type, closed.data["reason"]) == ("stream.closed", "watch_deleted")
+    assert list(events) == []
+
+
+def test_a_match_watch_reports_chunks_that_reach_its_threshold(db: DatabaseAPI) -> None:
+    lib = db.create_library(name(), dimension=2, index="flat", embedder=None)
+    with lib.watch([1.0, 0.0], k=None, threshold=0.9) as w:
+        assert (w.info.k, w.info.threshold) == (None, 0.9)
+        events = w.events(timeout=5.0)
+        ready = next(events)
+        assert (ready.type, ready.data["results"]) == ("watch.ready", [])
+        _, far = near_and_far(lib)  # near scores 0.89: below
+        hit = lib.add_document(title="hit", chunks=[{"text": "h", "embedding": unit(1.0, 0.1)}])
+        match = next(events)
+        assert (match.type, match.data["document_id"]) == ("watch.match", hit.id)
+        assert match.data["score"] == pytest.approx(0.995, abs=1e-3)
+        assert match.data["event_id"] == change_ids(lib)[-1]
+        lib.update_document(far.id, chunks=[{"text": "f", "embedding": [1.0, 0.0]}])
+        updated = next(events)
+        assert (updated.type, updated.data["document_id"]) == ("watch.match", far.id)
+    assert next(events).data["reason"] == "watch_deleted"
+    with pytest.raises(arrwdb.WatchNotFoundError) as missing:
+        w.events()
+    assert missing.value.code == "not_found"
+    w.close()  # idempotent
+
+
+def test_resuming_from_an_id_no_longer_kept_is_a_reset_then_a_fresh_ready(
+    db: DatabaseAPI,
+) -> None:
+    lib = db.create_library(name(), dimension=2, index="flat", embedder=None)
+    near, _ = near_and_far(lib)
+    with lib.watch([1.0, 0.0], k=1) as w:
+        events = w.events(since="1", timeout=5.0)  # from before the watch was made
+        reset, ready = next(events), next(events)
+        events.close()
+        with pytest.raises(arrwdb.InvalidArgumentError) as bad:
+            w.events(since="not an id")
+        assert bad.value.details["field"] == "since"
+    assert (reset.type, reset.data["reason"], reset.data["requested"]) == (
+        "stream.reset",
+        "history_lost",
+        "1",
+    )
+    assert ready.type == "watch.ready"
+    assert reset.id == ready.id == reset.data["resume_from"]
+    assert [h["document_id"] for h in ready.data["results"]] == [near.id]
+
+
+@pytest.mark.parametrize(
+    ("query", "options", "error", "code", "field"),
+    [
+        ([1.0, 0.0], {"k": 0}, arrwdb.InvalidArgumentError, "invalid_argument", "k"),
+        ([1.0, 0.0], {"k": 1001}, arrwdb.InvalidArgumentError, "invalid_argument", "k"),
+        ([1.0, 0.0], {"k": None}, arrwdb.InvalidArgumentError, "invalid_argument", "k"),
+        (
+            [1.0, 0.0],
+            {"k": 3, "threshold": "high"},
+            arrwdb.InvalidArgumentError,
+            "invalid_argument",
+            "threshold",
+        ),
+        ([1.0, 0.0, 0.0], {}, arrwdb.DimensionMismatchError, "dimension_mismatch", None),
+        (
+            [1.0, 0.0],
+            {"filter": {"a": {"$near": 1}}},
+            arrwdb.InvalidFilterError,
+            "invalid_filter",
+            None,
+        ),
+        ("text", {}, arrwdb.ValidationError, "embedder_required", "query_text"),
+    ],
+)
+def test_a_refused_watch_raises_as_search_does(
+    db: DatabaseAPI,
+    query: Any,
+    options: dict[str, Any],
+    error: type[arrwdb.ArrwdbError],
+    code: str,
+    field: str | None,
+) -> None:
+    lib = db.create_library(name(), dimension=2, index="flat", embedder=None)
+    with pytest.raises(error) as raised:
+        lib.watch(query, **options)
+    assert raised.value.code == code
+    if field is not None:
+        assert raised.value.details["field"] == field
+    if "threshold" not in options and options.get("k", 10) is not None:  # search: same code
+        with pytest.raises(error) as searched:
+            lib.search(query, k=options.get("k", 10), filter=options.get("filter"))
+        assert searched.value.code == code
+
+
+def test_a_watch_of_a_deleted_library(db: DatabaseAPI) -> None:
+    lib = db.create_library(name(), dimension=2, index="flat", embedder=None)
+    w = lib.watch([1.0, 0.0], k=2)
+    events = w.events(timeout=5.0)
+    assert next(events).type == "watch.ready"
+    db.delete_library(lib.id)
+    closed = next(events)
+    assert (closed.type, closed.data["reason"]) == ("stream.closed", "library_deleted")
+    with pytest.raises(arrwdb.WatchNotFoundError):
+        w.events()
+    w.close()
+    with pytest.raises(arrwdb.LibraryNotFoundError):
+        lib.watch([1.0, 0.0], k=2)
+
+
+@pytest.mark.anyio
+async def test_the_async_watch(adb: AsyncDatabaseAPI) -> None:
+    lib = await adb.create_library(name(), dimension=2, index="flat", embedder=None)
+    async with await lib.watch([1.0, 0.0], k=1) as w:
+        assert (w.info.library_id, w.info.k) == (lib.id, 1)
+        events = w.events(timeout=5.0)
+        doc = await lib.add_document(title="a", chunks=[{"text": "a", "embedding": [1.0, 0.0]}])
+        seen: list[arrwdb.WatchEvent] = []
+        async for event in events:
+            seen.append(event)
+            if len(seen) == 2:
+                break
+        assert [e.type for e in seen] == ["watch.ready", "watch.entered"]
+        assert seen[0].data["results"] == []  # open before the add
+        assert seen[1].data["document_id"] == doc.id
+        events.close()
+    with pytest.raises(arrwdb.WatchNotFoundError):
+        async for _ in w.events(timeout=1.0):
+            pass
+    with pytest.raises(arrwdb.InvalidArgumentError):
+        await lib.watch([1.0, 0.0], k=0)

@@ -1,5 +1,6 @@
 """End-to-end fixtures: a real arrwDB server (uvicorn + ``create_app``) on a free loopback port,
-run in a background thread, and shut down through the graceful drain afterwards."""
+run in a background thread, and shut down through the graceful drain afterwards; and a cluster
+of such servers over one PostgreSQL schema (``cluster``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -15,7 +17,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+import pg
 from arrwdb.config import Settings
+from arrwdb.container import Container, build_container
 from arrwdb.server import BackgroundServer
 
 
@@ -44,6 +48,49 @@ def make_server() -> Iterator[Callable[..., BackgroundServer]]:
     yield make
     for live in started:
         live.stop()
+
+
+@dataclass
+class Node:
+    """One server of a ``cluster``: a whole arrwDB (its own container: store, projection, hub,
+    transports) on its own loopback port, in this process."""
+
+    server: BackgroundServer
+    container: Container
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30.0)
+
+
+@pytest.fixture
+def cluster(pg_schema: str) -> Iterator[Callable[..., Node]]:
+    """Start servers on one fresh PostgreSQL schema (skips without PostgreSQL); each is
+    stopped after the test."""
+    nodes: list[Node] = []
+
+    def start(**overrides: Any) -> Node:
+        options: dict[str, Any] = {
+            "storage": "postgres",
+            "postgres_url": pg.url(),
+            "postgres_schema": pg_schema,
+            "postgres_poll_interval": 0.1,
+            **overrides,
+        }
+        settings = Settings(**options)
+        container = build_container(settings)
+        server = BackgroundServer(settings, container=container, log_level="warning").start()
+        node = Node(server, container)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.server.stop()
+        node.container.shutdown_resources()
 
 
 @pytest.fixture
@@ -134,6 +181,16 @@ def add_text(http: httpx.Client, lib: str, title: str, text: str, **extra: Any) 
     assert response.status_code == 201, response.text
     doc: dict[str, Any] = response.json()
     return doc
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value, for every sample of a Prometheus exposition."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 # -- WebSocket helpers ----------------------------------------------------------------------

@@ -11,59 +11,16 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pytest
 import websockets.sync.client as ws_client
 from httpx_sse import connect_sse
 
 import pg
-from arrwdb.config import Settings
-from arrwdb.container import Container, build_container
-from arrwdb.server import BackgroundServer
+from conftest import Node
 
 DIM = 4
-
-
-@dataclass
-class Node:
-    server: BackgroundServer
-    container: Container
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0)
-
-
-@pytest.fixture
-def cluster(pg_schema: str) -> Iterator[Callable[..., Node]]:
-    nodes: list[Node] = []
-
-    def start(**overrides: Any) -> Node:
-        options: dict[str, Any] = {
-            "storage": "postgres",
-            "postgres_url": pg.url(),
-            "postgres_schema": pg_schema,
-            "postgres_poll_interval": 0.1,
-            **overrides,
-        }
-        settings = Settings(**options)
-        container = build_container(settings)
-        server = BackgroundServer(settings, container=container, log_level="warning").start()
-        node = Node(server, container)
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        node.server.stop()
-        node.container.shutdown_resources()
 
 
 def vector(i: int) -> list[float]:

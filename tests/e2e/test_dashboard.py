@@ -6,7 +6,9 @@ every file they name served here. The browser tests drive headless Chromium with
 failed where services are required, ``ARRWDB_REQUIRE_SERVICES=1``) with every host but the
 server's unresolvable, so that a file from anywhere else would not load: the key is entered
 once, a document added over REST appears in the page's event feed, a search from the page
-shows its results. Screenshots go to ``$ARRWDB_ARTIFACTS`` (default ``tests/artifacts/``).
+shows its results and keeps them current (a live query: documents added and deleted over REST
+enter and leave them), and falls back to a one-off search when the query cannot be live.
+Screenshots go to ``$ARRWDB_ARTIFACTS`` (default ``tests/artifacts/``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
@@ -196,11 +199,15 @@ def chrome(tmp_path: Path) -> Iterator[Any]:
 
 
 def _wait(driver: Any, what: str, condition: Callable[[Any], Any]) -> Any:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # the page re-renders its lists as events arrive: an element found a moment ago may be gone
+    wait = WebDriverWait(
+        driver, WAIT, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
     try:
-        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(condition)
+        return wait.until(condition)
     except TimeoutException:
         shot = _screenshot(driver, f"failed-{re.sub(r'[^a-z0-9]+', '-', what.lower())}")
         raise AssertionError(f"the page did not show {what} within {WAIT} s ({shot})") from None
@@ -220,6 +227,34 @@ def _resources(driver: Any) -> list[str]:
         "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]"
     )
     return urls
+
+
+def _results(driver: Any) -> list[tuple[str, str, str]]:
+    """The search results shown, read at once: (score, title, text) of each row."""
+    rows: list[list[str]] = driver.execute_script(
+        "return [...document.querySelectorAll('#results tbody tr')]"
+        ".map((tr) => [...tr.cells].map((td) => td.textContent))"
+    )
+    return [(score, title, text) for score, title, text in rows]
+
+
+def _titles(driver: Any) -> list[str]:
+    return [name for _, name, _ in _results(driver)]
+
+
+def _watches(http: httpx.Client, library: str) -> list[dict[str, Any]]:
+    answer = http.get(f"/v1/libraries/{library}/watches")
+    assert answer.status_code == 200, answer.text
+    watches: list[dict[str, Any]] = answer.json()["watches"]
+    return watches
+
+
+def _until(what: str, condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {WAIT} s")
+        time.sleep(0.1)
 
 
 def _csp_violations(driver: Any) -> list[str]:
@@ -251,8 +286,14 @@ def test_dashboard_in_chromium(chrome: Any, secured: BackgroundServer, admin: ht
     # the libraries, with their counts
     row = f'#libraries tr[data-library-id="{library}"]'
     _wait(driver, "the library list", lambda d: d.find_elements(By.CSS_SELECTOR, row))
-    assert driver.find_element(By.CSS_SELECTOR, row + " .name").text == "papers"
-    assert driver.find_element(By.CSS_SELECTOR, row + " .documents").text == "1"
+    _wait(
+        driver,
+        "the library's name and count",
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, row + " .name").text == "papers"
+            and d.find_element(By.CSS_SELECTOR, row + " .documents").text == "1"
+        ),
+    )
     _wait(
         driver,
         "the live stream",
@@ -265,11 +306,12 @@ def test_dashboard_in_chromium(chrome: Any, secured: BackgroundServer, admin: ht
     added = '#events li[data-type="document.added"]'
     _wait(
         driver,
-        "the added document in the event feed",
-        lambda d: any(title in li.text for li in d.find_elements(By.CSS_SELECTOR, added)),
+        "the added document, with its library, in the event feed",
+        lambda d: any(
+            title in li.text and "papers" in li.text
+            for li in d.find_elements(By.CSS_SELECTOR, added)
+        ),
     )
-    feed = driver.find_element(By.CSS_SELECTOR, added).text
-    assert "papers" in feed
     _wait(
         driver,
         "the new document count",
@@ -293,8 +335,34 @@ def test_dashboard_in_chromium(chrome: Any, secured: BackgroundServer, admin: ht
     assert float(first[0].text) >= float(rows[1].find_elements(By.TAG_NAME, "td")[0].text)
     assert "2 results" in driver.find_element(By.ID, "search-status").text
 
-    # connection statistics: this page's own SSE stream is counted
-    _wait(driver, "the SSE stream count", lambda d: d.find_element(By.ID, "stat-sse").text == "1")
+    # the results are live: a document that matches better enters at rank 1 without another
+    # click, and leaves again when it is deleted
+    _wait(
+        driver,
+        "the live indicator",
+        lambda d: d.find_element(By.ID, "search-live").get_attribute("data-state") == "live",
+    )
+    assert driver.find_element(By.ID, "search-live").text == "live"
+    assert [w["k"] for w in _watches(admin, library)] == [2]
+    before = _results(driver)
+    assert [name for _, name, _ in before] == ["Attention", title]
+    best = f"Best {uuid.uuid4().hex[:6]}"
+    doc = add_text(admin, library, best, "attention transformers")
+    _wait(
+        driver,
+        "the better match at rank 1",
+        lambda d: _titles(d) == [best, "Attention"],
+    )
+    top = _results(driver)
+    assert top[0][2] == "attention transformers"
+    assert float(top[0][0]) > float(top[1][0])
+    assert top[1] == before[0]
+    assert "2 results" in driver.find_element(By.ID, "search-status").text
+    assert admin.delete(f"/v1/libraries/{library}/documents/{doc['id']}").status_code == 204
+    _wait(driver, "the deleted match gone", lambda d: _results(d) == before)
+
+    # connection statistics: this page's own SSE streams are counted (the feed, the search)
+    _wait(driver, "the SSE stream count", lambda d: d.find_element(By.ID, "stat-sse").text == "2")
     shot = _screenshot(driver, "dashboard")
     assert shot.stat().st_size > 0
 
@@ -303,12 +371,85 @@ def test_dashboard_in_chromium(chrome: Any, secured: BackgroundServer, admin: ht
         "return [sessionStorage.getItem('arrwdb.key'), localStorage.length]"
     )
     assert stored == [ADMIN_KEY, 0]
+    # a new search replaces the watch of the last one
+    query = driver.find_element(By.ID, "search-query")
+    query.clear()
+    query.send_keys("nearest neighbours")
+    k = driver.find_element(By.ID, "search-k")
+    k.clear()
+    k.send_keys("1")
+    driver.find_element(By.CSS_SELECTOR, "#search-form button").click()
+    _wait(
+        driver,
+        "the new search's result",
+        lambda d: (
+            _titles(d) == [title]
+            and d.find_element(By.ID, "search-live").get_attribute("data-state") == "live"
+        ),
+    )
+    assert [w["k"] for w in _watches(admin, library)] == [1]
+
+    # leaving the page deletes its watch
     driver.refresh()
     _wait(driver, "the library list again", lambda d: d.find_elements(By.CSS_SELECTOR, row))
     assert not driver.find_element(By.ID, "key-panel").is_displayed()
+    _until("the page's watch deleted", lambda: _watches(admin, library) == [])
 
     origin = secured.url + "/"
     assert all(url.startswith(origin) for url in _resources(driver)), _resources(driver)
+    assert _csp_violations(driver) == []
+
+
+def test_a_search_that_cannot_be_live_is_done_once(
+    chrome: Any, make_server: Callable[..., BackgroundServer]
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    live = make_server(max_watches_per_library=1)
+    with httpx.Client(base_url=live.url, timeout=10) as http:
+        library = create_library(http, name="watched")["id"]
+        add_text(http, library, "Attention", "Transformers use attention.")
+        taken = http.post(f"/v1/libraries/{library}/watches", json={"query_text": "x", "k": 1})
+        assert taken.status_code == 201, taken.text
+        driver = chrome
+        driver.get(live.url + "/ui")
+        row = f'#libraries tr[data-library-id="{library}"]'
+        _wait(driver, "the library list", lambda d: d.find_elements(By.CSS_SELECTOR, row))
+        Select(driver.find_element(By.ID, "search-library")).select_by_value(library)
+        driver.find_element(By.ID, "search-query").send_keys("attention")
+        driver.find_element(By.CSS_SELECTOR, "#search-form button").click()
+        _wait(driver, "the one-off result", lambda d: _results(d))
+        assert _titles(driver) == ["Attention"]
+        status = driver.find_element(By.ID, "search-status").text
+        assert "1 result" in status, status
+        assert "not live" in status, status
+        assert "max_watches_per_library" in status, status
+        badge = driver.find_element(By.ID, "search-live")
+        assert (badge.get_attribute("data-state"), badge.text) == ("down", "not live")
+        assert [w["id"] for w in _watches(http, library)] == [taken.json()["id"]]
+
+        # a library without an embedder: neither live nor once, and the page says why
+        vectors = create_library(http, name="vectors", dimension=3, embedder=None)["id"]
+        _wait(
+            driver,
+            "the second library",
+            lambda d: d.find_elements(
+                By.CSS_SELECTOR, f'#search-library option[value="{vectors}"]'
+            ),
+        )
+        Select(driver.find_element(By.ID, "search-library")).select_by_value(vectors)
+        driver.find_element(By.CSS_SELECTOR, "#search-form button").click()
+        _wait(
+            driver,
+            "the search refused",
+            lambda d: "search failed" in d.find_element(By.ID, "search-status").text,
+        )
+        assert "embedder" in driver.find_element(By.ID, "search-status").text
+        assert not driver.find_element(By.ID, "results").is_displayed()
+        badge = driver.find_element(By.ID, "search-live")
+        assert (badge.get_attribute("data-state"), badge.text) == ("down", "not live")
+        assert _watches(http, vectors) == []
     assert _csp_violations(driver) == []
 
 

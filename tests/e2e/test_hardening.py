@@ -1,24 +1,29 @@
 """Inputs that once crashed a request or a connection: JSON nested past what the decoder follows,
 filters nested past their limit, metadata integers no store can keep. Each is a 422 naming the
 limit or the field on every way in, the connection stays open, and one bad NDJSON line fails
-alone."""
+alone. The largest input allowed is served while liveness keeps answering."""
 
 from __future__ import annotations
 
 import json
 import socket
 import struct
+import threading
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import websockets.sync.client as ws_client
+from processes import ServerProcess
 
+from arrwdb.config import Settings
 from arrwdb.domain.errors import InvalidArgumentError, LimitExceededError
 from arrwdb.domain.limits import FILTER_DEPTH
 from arrwdb.server import BackgroundServer
-from conftest import create_library
+from conftest import assert_problem, create_library
 
 DEEP_JSON = "[" * 5000 + "]" * 5000
 
@@ -64,31 +69,63 @@ def test_a_filter_at_its_limit_is_answered(http: httpx.Client) -> None:
     assert response.status_code == 200, response.text
 
 
+@pytest.fixture(params=["memory", "disk"])
+def stored(request: pytest.FixtureRequest, make_server: Any, tmp_path: Path) -> BackgroundServer:
+    """A server of its own on each kind of local store."""
+    live: BackgroundServer = make_server(storage=request.param, data_dir=str(tmp_path / "data"))
+    return live
+
+
+def _doc(**fields: Any) -> dict[str, Any]:
+    return {"title": "t", "chunks": [{"text": "a", "embedding": [1, 0]}], **fields}
+
+
 @pytest.mark.parametrize("value", [2**64, -(2**63) - 1, [1, 2**70]])
-def test_metadata_integers_beyond_64_bits_are_refused(http: httpx.Client, value: object) -> None:
-    lib = create_library(http, dimension=2)
-    response = http.post(
-        f"/v1/libraries/{lib['id']}/documents",
-        json={
-            "title": "t",
-            "chunks": [{"text": "a", "embedding": [1, 0]}],
-            "metadata": {"n": value},
-        },
-    )
-    assert response.status_code == 422
-    assert response.json()["code"] == "invalid_argument"
-    assert response.json()["field"] == "metadata.n"
+def test_metadata_integers_beyond_64_bits_are_refused(
+    stored: BackgroundServer, value: object
+) -> None:
+    """Every way metadata comes in over REST, on every local store: a 422 naming the field
+    and the bounds, and nothing written."""
+    with httpx.Client(base_url=stored.url) as http:
+        lib = create_library(http, dimension=2)["id"]
+        docs = f"/v1/libraries/{lib}/documents"
+        kept = http.post(docs, json=_doc(metadata={"n": 1})).json()["id"]
+        chunk = {"text": "a", "embedding": [1, 0], "metadata": {"n": value}}
+        calls: list[tuple[str, str, dict[str, Any], str]] = [
+            ("POST", "/v1/libraries", {"name": uuid.uuid4().hex, "metadata": {"n": value}}, ""),
+            ("PATCH", f"/v1/libraries/{lib}", {"metadata": {"n": value}}, ""),
+            ("POST", docs, _doc(metadata={"n": value}), ""),
+            ("POST", docs, _doc(chunks=[chunk]), "chunks[0]."),
+            ("PUT", f"{docs}/new", _doc(metadata={"n": value}), ""),
+            ("PUT", f"{docs}/{kept}", _doc(metadata={"n": value}), ""),
+            ("PATCH", f"{docs}/{kept}", {"metadata": {"n": value}}, ""),
+        ]
+        for method, path, body, prefix in calls:
+            problem = assert_problem(http.request(method, path, json=body), 422, "invalid_argument")
+            assert problem["field"] == f"{prefix}metadata.n", (method, path, problem)
+            assert f"{prefix}metadata.n" in problem["detail"]
+            assert "-2**63 to 2**64 - 1" in problem["detail"]
+        assert len(http.get("/v1/libraries").json()["libraries"]) == 1
+        assert http.get(f"/v1/libraries/{lib}").json()["metadata"] == {}
+        assert [(d["id"], d["metadata"]) for d in http.get(docs).json()["documents"]] == [
+            (kept, {"n": 1})
+        ]
 
 
-def test_the_largest_64_bit_integers_are_kept(http: httpx.Client) -> None:
-    lib = create_library(http, dimension=2)
-    metadata = {"low": -(2**63), "high": 2**64 - 1}
-    response = http.post(
-        f"/v1/libraries/{lib['id']}/documents",
-        json={"title": "t", "chunks": [{"text": "a", "embedding": [1, 0]}], "metadata": metadata},
-    )
-    assert response.status_code == 201, response.text
-    assert response.json()["metadata"] == metadata
+def test_the_largest_64_bit_integers_are_kept(stored: BackgroundServer, make_server: Any) -> None:
+    metadata = {"low": -(2**63), "high": 2**64 - 1, "both": [-(2**63), 2**64 - 1]}
+    with httpx.Client(base_url=stored.url) as http:
+        lib = create_library(http, dimension=2)["id"]
+        response = http.post(f"/v1/libraries/{lib}/documents", json=_doc(metadata=metadata))
+        assert response.status_code == 201, response.text
+        assert response.json()["metadata"] == metadata
+        doc = f"/v1/libraries/{lib}/documents/{response.json()['id']}"
+        assert http.get(doc).json()["metadata"] == metadata
+    if stored.settings.storage == "disk":  # and read back from the disk after a restart
+        stored.stop()
+        again = make_server(storage="disk", data_dir=stored.settings.data_dir)
+        with httpx.Client(base_url=again.url) as http:
+            assert http.get(doc).json()["metadata"] == metadata
 
 
 def test_deep_input_on_a_websocket_is_an_error_response_and_the_socket_stays_open(
@@ -119,30 +156,42 @@ def test_deep_input_on_a_websocket_is_an_error_response_and_the_socket_stays_ope
         assert json.loads(socket.recv(timeout=10))["request_id"] == 3  # still open
 
 
-def test_one_bad_ndjson_line_fails_alone(http: httpx.Client) -> None:
-    lib = create_library(http, dimension=2)
+def test_one_bad_ndjson_line_fails_alone(stored: BackgroundServer) -> None:
+    """Lines of one body (one batch): a line too deep and lines with integers beyond 64 bits
+    (in the document's metadata, in a chunk's) fail alone; the others around them are added."""
     lines = [
-        json.dumps({"title": "ok1", "chunks": [{"text": "a", "embedding": [1, 0]}]}),
+        json.dumps(_doc(title="ok1")),
         '{"title": "deep", "text": "a", "metadata": {"a": ' + DEEP_JSON + "}}",
+        json.dumps(_doc(title="big", metadata={"n": 2**70})),
+        json.dumps(_doc(title="ok2")),
         json.dumps(
-            {
-                "title": "big",
-                "chunks": [{"text": "a", "embedding": [1, 0]}],
-                "metadata": {"n": 2**70},
-            }
+            _doc(
+                title="small",
+                chunks=[{"text": "b", "embedding": [0, 1], "metadata": {"m": -(2**64)}}],
+            )
         ),
-        json.dumps({"title": "ok2", "chunks": [{"text": "b", "embedding": [0, 1]}]}),
+        json.dumps(_doc(title="ok3", metadata={"n": 2**64 - 1})),
     ]
-    response = http.post(
-        f"/v1/libraries/{lib['id']}/documents/stream",
-        content=("\n".join(lines) + "\n").encode(),
-        headers={"content-type": "application/x-ndjson"},
-    )
-    answers = [json.loads(line) for line in response.text.splitlines()]
-    assert [a.get("success") for a in answers[:4]] == [True, False, False, True]
-    assert answers[1]["code"] == "limit_exceeded"
-    assert (answers[2]["code"], answers[2]["field"]) == ("invalid_argument", "metadata.n")
-    assert answers[4]["summary"]["added"] == 2
+    with httpx.Client(base_url=stored.url) as http:
+        lib = create_library(http, dimension=2)["id"]
+        response = http.post(
+            f"/v1/libraries/{lib}/documents/stream",
+            content=("\n".join(lines) + "\n").encode(),
+            headers={"content-type": "application/x-ndjson"},
+        )
+        answers = [json.loads(line) for line in response.text.splitlines()]
+        assert [a.get("success") for a in answers[:6]] == [True, False, False, True, False, True]
+        assert answers[1]["code"] == "limit_exceeded"
+        assert (answers[2]["code"], answers[2]["field"]) == ("invalid_argument", "metadata.n")
+        assert (answers[4]["code"], answers[4]["field"]) == (
+            "invalid_argument",
+            "chunks[0].metadata.m",
+        )
+        assert answers[6]["summary"]["added"] == 3
+        listed = http.get(f"/v1/libraries/{lib}/documents").json()["documents"]
+        assert sorted(d["title"] for d in listed) == ["ok1", "ok2", "ok3"]
+        added = {a["document_id"] for a in answers[:6] if a.get("success")}
+        assert {d["id"] for d in listed} == added
 
 
 def test_in_process_the_same_inputs_raise_the_same_errors() -> None:
@@ -372,3 +421,52 @@ def test_connections_beyond_the_cap_are_503(make_server: Any) -> None:
     time.sleep(0.2)
     with httpx.Client(base_url=live.url) as http:
         assert http.get("/v1/health").status_code == 200
+
+
+def test_health_answers_while_the_largest_text_document_is_added() -> None:
+    """One client adds a document of the largest text allowed (``max_text_bytes``: chunked,
+    embedded and indexed on the server) while another asks ``/v1/health`` (liveness) again and
+    again: every answer comes within 2 s (a loose bound; the figures are printed). The server
+    runs in its own process, so the client's timing is not the server's."""
+    limit = Settings().max_text_bytes  # what the server below runs with
+    words = " ".join(f"w{i % 5000}x{i % 7}" for i in range(limit // 4))
+    text = words.encode()[:limit].decode()
+    assert len(text.encode()) == limit
+    server = ServerProcess(["--storage", "memory"])
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            lib = create_library(http)["id"]
+            docs = f"/v1/libraries/{lib}/documents"
+            too_big = http.post(docs, json={"title": "t", "text": text + "x"})
+            assert (too_big.status_code, too_big.json()["field"]) == (413, "text")
+            outcome: dict[str, Any] = {}
+
+            def add() -> None:
+                started = time.perf_counter()
+                with httpx.Client(base_url=server.url, timeout=120) as writer:
+                    outcome["answer"] = writer.post(docs, json={"title": "big", "text": text})
+                outcome["seconds"] = time.perf_counter() - started
+
+            adding = threading.Thread(target=add)
+            adding.start()
+            latencies = []
+            while adding.is_alive():
+                started = time.perf_counter()
+                assert http.get("/v1/health").status_code == 200
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.02)
+            adding.join()
+        answer = outcome["answer"]
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["num_chunks"] > 1000
+    finally:
+        server.stop()
+    latencies.sort()
+    print(
+        f"adding {limit} bytes of text took {outcome['seconds']:.1f} s; /v1/health answered "
+        f"{len(latencies)} times, median {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+        f"slowest {latencies[-1] * 1000:.1f} ms"
+    )
+    assert len(latencies) >= 10  # asked throughout the work
+    assert latencies[-1] < 2.0

@@ -82,9 +82,9 @@ def test_add_with_embeddings_and_in_bulk(http: httpx.Client) -> None:
         content=b'{"title": "w", "chunks": [{"text": "a", "embedding": [1e999, 0, 0, 0]}]}',
         headers={"content-type": "application/json"},
     )
-    # a number beyond float64: msgspec's error names no field (``$[...][0][...][0]``), so it
-    # cannot be told from one in ``metadata``; the domain's code for a bad argument
-    assert_problem(huge, 422, "invalid_argument")
+    # a number beyond float64 in an embedding: a bad vector, named as such
+    problem = assert_problem(huge, 422, "invalid_vector")
+    assert problem["field"] == "chunks[0].embedding[0]"
     neither = http.post(f"/v1/libraries/{lib}/documents", json={"title": "none"})
     assert_problem(neither, 422, "invalid_argument")
     assert_problem(

@@ -63,3 +63,21 @@ def test_the_embedders_example_runs_as_written(tmp_path: Path) -> None:
         "mine (topics, 4-d): markets",
         "vectors: given",
     ]
+
+
+def test_the_watches_example_runs_as_written(tmp_path: Path) -> None:
+    proc = run("watches.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "ready ['east', 'north-east'] at change 5",
+        "6.0 left north-east rank 1 (outranked)",
+        "6.1 entered east-2 rank 0",
+        "both caused by change 6",
+        "7.0 match sky score 0.995",
+        "8.0 left east rank 1 (deleted)",
+        "8.1 entered north-east rank 1",
+        "resumed after 5: ['6.0', '6.1', '8.0', '8.1']",
+        "closed: watch_deleted",
+        "the client saw the same events",
+        "async: watch.ready watch.entered",
+    ]

@@ -1,4 +1,4 @@
-"""Retrieval quality: plain-English questions over two sets of documents.
+"""Retrieval quality: three sets of plain-English questions over two sets of documents.
 
 ``tests/data/retrieval/documents.jsonl`` holds 1,200 documents (the first paragraph of the
 docstrings of module-level functions and classes of the standard library, near-copies left
@@ -16,18 +16,32 @@ words ("make Firefox or Chrome show a page" for ``webbrowser``, "Interfaces for 
 remotely controlling web browsers"); written, with their targets chosen, before any
 measurement, and not reworded since.
 
+``tests/data/retrieval_questions/queries.json`` is a third set of questions over the topics
+set's documents, built as a retrieval benchmark of a RAG product is: 91 questions as a user
+would type them into a search box, about what one module is for, in the writer's own words,
+keeping a word or two of the document where a user would ("match file paths against
+.gitignore patterns" for ``pathspec``) but no run of four words of it. The targets follow a
+rule fixed first: one a band of 14 documents in file order, the band's first that says what it
+is for (six documents passed over: a deprecation notice, a sample session, ...), so terse and
+internal modules (``mypy.typestate``, ``mypyc.transform.spill``) are among them. Questions and
+targets were written and committed before any measurement, and not reworded since
+(``tests/data/make_retrieval_questions.py`` checks the rule and writes the file).
+
 Both embedders index the same documents in an in-process library (exact ``flat`` index) and
 answer every question; a question counts for top-1 when its document comes first, for top-5
 when it is among the first five. Measured (CPython 3.11, int8 model): on the first set minilm
 top-1 0.42 and top-5 0.81, hashing 0.13 and 0.22; on the topics set minilm top-1 0.37 and
-top-5 0.66, hashing 0.03 and 0.06. The target of top-1 >= 0.8 is not met on either. What is
-asserted, with a margin below those figures: on the first set minilm finds the document among
-its first five for at least 80% of the questions; on both it comes first at least twice as
-often as hashing, and at least 35% (first set) and 32% (topics) of the time.
+top-5 0.66, hashing 0.03 and 0.06; on the search-box questions minilm top-1 0.58 and top-5
+0.79, hashing 0.27 and 0.43. The target of top-1 >= 0.8 is not met on any of the three. What
+is asserted, with a margin below those figures: on the first set minilm finds the document
+among its first five for at least 80% of the questions; on all three it comes first at least
+twice as often as hashing, and at least 35% (first set), 32% (topics) and 52% (search-box
+questions) of the time.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -38,17 +52,26 @@ import embed_model
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "retrieval"
 TOPICS = Path(__file__).resolve().parents[1] / "data" / "retrieval_topics"
+#: questions only: its documents are the topics set's
+QUESTIONS = Path(__file__).resolve().parents[1] / "data" / "retrieval_questions"
 
 
 def load(data: Path = DATA) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    with (data / "documents.jsonl").open(encoding="utf-8") as f:
+    """The documents and the questions of the set in ``data`` (the topics set's documents for
+    a folder of questions only)."""
+    documents_file = data / "documents.jsonl"
+    if not documents_file.exists():
+        documents_file = TOPICS / "documents.jsonl"
+    with documents_file.open(encoding="utf-8") as f:
         documents = [json.loads(line) for line in f]
     queries = json.loads((data / "queries.json").read_text(encoding="utf-8"))
     return documents, queries
 
 
 @pytest.mark.parametrize(
-    ("data", "least"), [(DATA, 50), (TOPICS, 60)], ids=["docstrings", "topics"]
+    ("data", "least"),
+    [(DATA, 50), (TOPICS, 60), (QUESTIONS, 80)],
+    ids=["docstrings", "topics", "questions"],
 )
 def test_the_retrieval_set_is_as_described(data: Path, least: int) -> None:
     documents, queries = load(data)
@@ -58,7 +81,23 @@ def test_the_retrieval_set_is_as_described(data: Path, least: int) -> None:
     assert len(queries) >= least
     assert len({q["id"] for q in queries}) == len(queries)  # one question per document
     assert {q["id"] for q in queries} <= set(ids)
-    assert (data / "documents.jsonl").stat().st_size < 1_000_000
+    for documents_file in data.glob("documents.jsonl"):
+        assert documents_file.stat().st_size < 1_000_000
+
+
+def test_the_search_box_questions_follow_their_rule() -> None:
+    """Each target is where the rule puts it, no question copies four consecutive words of its
+    document, and ``queries.json`` is what the generator writes."""
+    spec = importlib.util.spec_from_file_location(
+        "make_retrieval_questions", QUESTIONS.parent / "make_retrieval_questions.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    made = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(made)
+    documents, queries = load(QUESTIONS)
+    assert made.check(documents) == []
+    assert queries == [{"query": q, "id": t} for t, q in made.QUESTIONS]
 
 
 def ranks(
@@ -111,6 +150,18 @@ def test_minilm_finds_the_topic_a_question_is_about() -> None:
     assert minilm_top1 >= 2 * hashing_top1, summary
     assert minilm_top1 >= 0.32, summary  # (measured 0.368: a regression guard)
     assert minilm_top5 >= 0.6, summary  # (measured 0.655)
+
+
+def test_minilm_answers_search_box_questions() -> None:
+    """Questions as a user types them into a search box, over the topics set's documents. The
+    target is top-1 >= 0.8; measured 0.582 (53 of 91; top-5 0.791), hashing 0.275 (25 of 91;
+    top-5 0.429): the target is not met, so what is asserted is what holds, with a margin."""
+    embed_model.require()
+    figures, summary = measure(QUESTIONS)
+    (minilm_top1, minilm_top5), (hashing_top1, _) = figures["minilm"], figures["hashing"]
+    assert minilm_top1 >= 2 * hashing_top1, summary  # (measured 0.582 against 2 x 0.275)
+    assert minilm_top1 >= 0.52, summary  # (measured 0.582: a regression guard)
+    assert minilm_top5 >= 0.72, summary  # (measured 0.791)
 
 
 @pytest.mark.parametrize("embedder", ["hashing"])

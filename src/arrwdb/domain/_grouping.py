@@ -14,6 +14,7 @@ Runs under the library's read lock (the caller holds it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
@@ -38,10 +39,10 @@ def best_per_document(
     k: int,
     allowed: Labels | None,
     ef: int | None,
-) -> list[list[SearchHit]]:
+) -> list[Sequence[SearchHit]]:
     """For each query row, the best chunk of each of the ``k`` best documents (among the
     ``allowed`` labels, when given), best first."""
-    out: list[list[SearchHit]] = []
+    out: list[Sequence[SearchHit]] = []
     for row in range(len(queries)):
         labels, scores = _one(state, index, queries[row : row + 1], k, allowed, ef)
         found = np.asarray([labels], dtype=np.int64).reshape(1, len(labels))

@@ -9,12 +9,15 @@ Index labels are small integers local to the library, handed out in order and ne
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
 
+from arrwdb.domain._batch_journal import BatchJournal
+from arrwdb.domain._columns import MetadataColumns
+from arrwdb.domain._hits import ChunkRef, Hits
 from arrwdb.domain._rwlock import RWLock
 from arrwdb.domain.changes import (
     DocumentDeleted,
@@ -23,16 +26,13 @@ from arrwdb.domain.changes import (
     Tally,
     library_after,
 )
-from arrwdb.domain.filters import Predicate
+from arrwdb.domain.filters import Predicate, plan_of
 from arrwdb.domain.models import Document, Library, Matrix, SearchHit
 from arrwdb.domain.ports import IndexFactory, Labels, SavedIndex, Scores, VectorIndex
 
-#: What a search hit needs of a chunk, kept beside the index: ``(chunk_id, document_id,
-#: document title, text, metadata, position)``, the metadata being the document's merged with
-#: the chunk's (chunk wins). A plain tuple, not a dataclass: a search unpacks one per hit in a
-#: single step (~20% less time per hit than six attribute reads).
-ChunkRef = tuple[str, str, str, str, Mapping[str, Any], int]
 METADATA: Final = 4  # where a ChunkRef holds the metadata
+#: How many filters' allowed labels a library keeps between changes.
+ALLOWED_KEPT: Final = 8
 #: The changes a library's state applies itself (creation and deletion are the projection's).
 LibraryChange = LibraryUpdated | DocumentSaved | DocumentDeleted
 
@@ -48,6 +48,15 @@ class LibraryState:
         # access fewer per hit than a dict lookup, which shows at 10^5 chunks)
         self.refs: list[ChunkRef | None] = []
         self.doc_labels: dict[str, Labels] = {}
+        #: the chunks' metadata in columns, for filters (made when a filter first reads them)
+        self.columns = MetadataColumns()
+        #: the allowed labels of the last filters searched (a plan's repr -> labels), until
+        #: the next change: a filter searched again costs nothing to evaluate
+        self._allowed: dict[str, Labels] = {}
+        self._allowed_lock = threading.Lock()
+        #: while the projector applies a batch to a watched library: what it does to the
+        #: chunks, change by change (for the watches)
+        self.journal: BatchJournal | None = None
         #: index changes (labels added or removed) since the index was last saved or loaded
         self.unsaved = 0
         if library.dimension is not None:
@@ -60,44 +69,71 @@ class LibraryState:
 
     # -- changes (the projector holds the write lock) -----------------------------------------
 
-    def apply(self, changes: Sequence[LibraryChange], vectors: Matrix | None = None) -> None:
+    def apply(
+        self, changes: Sequence[LibraryChange], vectors: Matrix | None = None, *, link: bool = True
+    ) -> None:
         """Apply changes of this library, in position order. ``vectors``, when given, holds
         the embeddings of every chunk the ``DocumentSaved`` changes carry, in order (what the
-        writer had stacked): it spares stacking them again when they all go to the index."""
+        writer had stacked): it spares stacking them again when they all go to the index.
+        ``link=False``: an approximate index may leave its graph work for ``link``."""
         pending: list[Document] = []  # saved documents whose chunks go to the index together
+        steps: list[int] = []  # (their steps, for the journal)
         in_pending: set[str] = set()
         stacked = vectors is not None
         tally = Tally(self.library.dimension)
+        journal = self.journal
         for change in changes:
             if isinstance(change, LibraryUpdated):
                 self.library = library_after(tally.applied_to(self.library), change, None)
                 tally = Tally(self.library.dimension)
                 continue
+            step = -1
+            if journal is not None:
+                step = journal.step
+                journal.step += 1
             doc_id = change.document.id if isinstance(change, DocumentSaved) else change.document_id
             if doc_id in in_pending:  # the same document twice: index what came before first
-                self.add_documents(pending)
-                pending, stacked = [], False
+                self.add_documents(pending, steps=steps)
+                pending, steps, stacked = [], [], False
                 in_pending.clear()
             labels = self.doc_labels.get(doc_id)
             tally.add(change, None if labels is None else len(labels))
             if isinstance(change, DocumentDeleted):
-                self.remove_document(doc_id)
+                self.remove_document(doc_id, step)
             elif labels is not None and self._same_chunks(labels, change.document):
-                self._refresh(labels, change.document)
+                self._refresh(labels, change.document, step)
                 stacked = False
             else:
-                self.remove_document(doc_id)
+                self.remove_document(doc_id, step)
                 pending.append(change.document)
+                steps.append(step)
                 in_pending.add(doc_id)
         self.library = tally.applied_to(self.library)
         if stacked and vectors is not None and len(vectors) == sum(len(d.chunks) for d in pending):
-            self.add_documents(pending, vectors)
+            self.add_documents(pending, vectors, link=link, steps=steps)
         else:
-            self.add_documents(pending)
+            self.add_documents(pending, link=link, steps=steps)
 
-    def add_documents(self, documents: Sequence[Document], vectors: Matrix | None = None) -> None:
+    def start_journal(self) -> None:
+        """Keep a journal of the next batch's changes to the chunks (for the watches)."""
+        self.journal = BatchJournal(self._next_label)
+
+    def link(self) -> None:
+        """Finish the index's graph work an ``apply(..., link=False)`` left."""
+        if self.index is not None:
+            self.index.link()
+
+    def add_documents(
+        self,
+        documents: Sequence[Document],
+        vectors: Matrix | None = None,
+        *,
+        link: bool = True,
+        steps: Sequence[int] = (),
+    ) -> None:
         """Index ``documents`` (none of them indexed yet); ``vectors`` holds their chunks'
-        embeddings in order (``None``: stacked from the chunks)."""
+        embeddings in order (``None``: stacked from the chunks); ``steps``: the journal's
+        step of each."""
         if not documents:
             return
         if vectors is None:
@@ -108,15 +144,21 @@ class LibraryState:
         self.unsaved += n
         if n:
             index = self.index or self._create_index(int(vectors.shape[1]))
-            index.add(labels, vectors)
+            index.add(labels, vectors, link=link)
+        self._allowed.clear()
         refs = self.refs
-        assert len(refs) == self._next_label - n  # the new labels continue the list
+        first = len(refs)
+        assert first == self._next_label - n  # the new labels continue the list
         start = 0
         for doc in documents:
             count = len(doc.chunks)
             self.doc_labels[doc.id] = labels[start : start + count]
-            refs.extend(_chunk_refs(doc))
+            refs.extend(chunk_refs(doc))
             start += count
+        if self.journal is not None and steps:
+            counts = [len(doc.chunks) for doc in documents]
+            self.journal.created(labels, np.repeat(np.asarray(steps, dtype=np.int64), counts))
+        self.columns.extend(first, (ref[METADATA] for ref in refs[first:] if ref is not None))
 
     def _same_chunks(self, labels: Labels, doc: Document) -> bool:
         refs = self.refs
@@ -128,19 +170,29 @@ class LibraryState:
                 return False
         return True
 
-    def _refresh(self, labels: Labels, doc: Document) -> None:
+    def _refresh(self, labels: Labels, doc: Document, step: int = -1) -> None:
         """A new title or metadata on the same chunks: refresh their refs."""
+        self._allowed.clear()
         refs = self.refs
-        for label, ref in zip(labels.tolist(), _chunk_refs(doc), strict=True):
+        if self.journal is not None and step >= 0:
+            self.journal.refreshed(step, labels, [refs[label] for label in labels.tolist()])
+        new = chunk_refs(doc)
+        for label, ref in zip(labels.tolist(), new, strict=True):
             refs[label] = ref
+        self.columns.refresh(labels.tolist(), (ref[METADATA] for ref in new))
 
-    def remove_document(self, document_id: str) -> None:
+    def remove_document(self, document_id: str, step: int = -1) -> None:
         labels = self.doc_labels.pop(document_id, None)
         if labels is None:
             return
+        self._allowed.clear()
         refs = self.refs
+        if self.journal is not None and step >= 0 and self.index is not None and len(labels):
+            before = [refs[label] for label in labels.tolist()]
+            self.journal.removed(step, labels, before, self.index.get_vectors(labels))
         for label in labels.tolist():
             refs[label] = None
+        self.columns.remove(labels)
         if self.index is not None and len(labels):
             self.index.remove(labels)
             self.unsaved += len(labels)
@@ -164,11 +216,13 @@ class LibraryState:
                 continue
             labels = np.asarray(found, dtype=np.int64)
             self.doc_labels[doc.id] = labels
-            for label, ref in zip(found, _chunk_refs(doc), strict=True):
+            for label, ref in zip(found, chunk_refs(doc), strict=True):
                 assert label is not None
                 refs[label] = ref
                 kept.add(label)
         self.refs = refs
+        self.columns.reset()
+        self._allowed.clear()
         stale = np.asarray(sorted(set(label_of.values()) - kept), dtype=np.int64)
         if len(stale):
             self.index.remove(stale)
@@ -182,7 +236,26 @@ class LibraryState:
 
     # -- reads (caller holds the read lock) ---------------------------------------------------
 
+    def _metadata_of(self, label: int) -> Mapping[str, Any] | None:
+        ref = self.refs[label]
+        return None if ref is None else ref[METADATA]
+
     def allowed_labels(self, predicate: Predicate) -> Labels:
+        """The live labels whose chunk passes the filter, ascending: evaluated over the
+        metadata columns when the filter has a plan, else chunk by chunk."""
+        plan = plan_of(predicate)
+        if plan is not None:
+            key = repr(plan)  # (typed: 1, 1.0 and True are three filters)
+            allowed = self._allowed.get(key)
+            if allowed is None:
+                mask = self.columns.mask(plan, predicate, len(self.refs), self._metadata_of)
+                allowed = np.flatnonzero(mask).astype(np.int64, copy=False)
+                allowed.flags.writeable = False
+                with self._allowed_lock:  # (searches run in parallel)
+                    if len(self._allowed) >= ALLOWED_KEPT:
+                        self._allowed.pop(next(iter(self._allowed)), None)
+                    self._allowed[key] = allowed
+            return allowed
         matching = [
             label
             for label, ref in enumerate(self.refs)
@@ -196,7 +269,7 @@ class LibraryState:
         k: int,
         predicate: Predicate | None,
         ef: int | None,
-    ) -> list[list[SearchHit]]:
+    ) -> list[Sequence[SearchHit]]:
         index = self.index
         if index is None:  # (an empty index pads every row: no hits either)
             return [[] for _ in range(len(queries))]
@@ -208,32 +281,20 @@ class LibraryState:
         labels, scores = index.search(queries, k, allowed=allowed, ef=ef)
         return self.hits(labels, scores)
 
-    def hits(self, labels: Labels, scores: Scores) -> list[list[SearchHit]]:
-        """The hits of an index result (one row per query; ``-1`` labels are padding)."""
+    def hits(self, labels: Labels, scores: Scores) -> list[Sequence[SearchHit]]:
+        """The hits of an index result (one row per query; ``-1`` labels are padding): the
+        chunks found, taken now (the caller holds the read lock), their objects built when
+        read (``Hits``)."""
         refs = self.refs
-        new = _new_hit
-        set_chunk, set_doc, set_title, set_text, set_score, set_meta, set_pos, set_emb = _SETTERS
-        out: list[list[SearchHit]] = []
+        out: list[Sequence[SearchHit]] = []
         for row_labels, row_scores in zip(labels.tolist(), scores.tolist(), strict=True):
-            hits = []
-            for label, score in zip(row_labels, row_scores, strict=True):
-                if label < 0:
-                    continue
-                ref = refs[label]
-                assert ref is not None  # the index returns only live labels
-                chunk_id, document_id, title, text, metadata, position = ref
-                # SearchHit(...) field by field (see _SETTERS): the same object, ~2x faster
-                hit = new(SearchHit)
-                set_chunk(hit, chunk_id)
-                set_doc(hit, document_id)
-                set_title(hit, title)
-                set_text(hit, text)
-                set_score(hit, score)
-                set_meta(hit, metadata)
-                set_pos(hit, position)
-                set_emb(hit, None)
-                hits.append(hit)
-            out.append(hits)
+            if row_labels and row_labels[-1] < 0:  # padded: fewer than k found
+                kept = [i for i, label in enumerate(row_labels) if label >= 0]
+                row_labels = [row_labels[i] for i in kept]
+                row_scores = [row_scores[i] for i in kept]
+            # (the index returns only live labels: no ref is None)
+            found: list[ChunkRef] = [refs[label] for label in row_labels]
+            out.append(Hits(found, row_scores))
         return out
 
 
@@ -245,7 +306,7 @@ def stack_embeddings(documents: Sequence[Document]) -> Matrix:
     return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
 
-def _chunk_refs(doc: Document) -> list[ChunkRef]:
+def chunk_refs(doc: Document) -> list[ChunkRef]:
     title, base = doc.title, doc.metadata
     return [
         (
@@ -258,34 +319,3 @@ def _chunk_refs(doc: Document) -> list[ChunkRef]:
         )
         for chunk in doc.chunks
     ]
-
-
-def _hit_setters() -> tuple[Callable[[SearchHit, Any], None], ...]:
-    """Setters of ``SearchHit``'s slots, in the order ``hits`` uses them.
-
-    ``SearchHit`` is a frozen slotted dataclass: its generated ``__init__`` sets each field with
-    ``object.__setattr__``, which costs about twice as much as calling the slot's own setter.
-    Building hits is most of the Python time of a search (k per query), so ``hits`` sets the
-    slots directly. That gives the very object ``SearchHit(...)`` would, as long as the class has
-    exactly these fields and no ``__post_init__``: if that ever changes, importing this module
-    fails (so every test does) until ``hits`` is brought in line.
-    """
-    names = tuple(f.name for f in fields(SearchHit))
-    slots = getattr(SearchHit, "__slots__", ())
-    if names != _HIT_FIELDS or tuple(slots) != _HIT_FIELDS or hasattr(SearchHit, "__post_init__"):
-        raise AssertionError(f"SearchHit has changed ({names}): update LibraryState.hits")
-    return tuple(getattr(SearchHit, name).__set__ for name in _HIT_FIELDS)
-
-
-_HIT_FIELDS = (
-    "chunk_id",
-    "document_id",
-    "document_title",
-    "text",
-    "score",
-    "metadata",
-    "position",
-    "embedding",
-)
-_SETTERS = _hit_setters()
-_new_hit = object.__new__

@@ -67,7 +67,7 @@ class Searcher:
         except Exception:
             # raise exactly what searching them one by one would (the first bad query's error)
             return [self._search_one(library_id, state, query) for query in queries]
-        hits: list[list[SearchHit]] = [[] for _ in queries]
+        hits: list[Sequence[SearchHit]] = [[] for _ in queries]
         for (k, ef, predicate), members in plan.items():
             positions = [i for i, _ in members]
             matrix = np.stack([vector for _, vector in members])
@@ -124,7 +124,7 @@ class Searcher:
         k = v.check_k(k)
         ef = v.check_ef(ef)
         predicate = None if filter is None else compile_filter(filter)
-        hits: list[list[SearchHit]] = [[] for _ in range(count)]
+        hits: list[Sequence[SearchHit]] = [[] for _ in range(count)]
         self._search_group(
             state,
             range(count),
@@ -147,7 +147,7 @@ class Searcher:
         k: int,
         ef: int | None,
         predicate: Predicate | None,
-        hits: list[list[SearchHit]],
+        hits: list[Sequence[SearchHit]],
     ) -> None:
         """Search the queries of one group (row ``j`` of ``matrix`` is the query at position
         ``positions[j]``), writing each one's hits at its position.
@@ -197,6 +197,7 @@ class Searcher:
         grouped = v.check_group_by(query.group_by) is not None
         library = state.library
         vector = self._builder.query_vector(library, query)
+        hits: Sequence[SearchHit]
         if not len(vector):
             hits = []
         elif grouped:
@@ -266,8 +267,8 @@ class Searcher:
         return plan
 
     def _carrying(
-        self, library_id: str, hits: list[SearchHit], query: SearchQuery
-    ) -> list[SearchHit]:
+        self, library_id: str, hits: Sequence[SearchHit], query: SearchQuery
+    ) -> Sequence[SearchHit]:
         """``hits`` with what the query's ``include`` names: embeddings added, text or
         metadata left out (``None``)."""
         include = query.include
@@ -287,7 +288,7 @@ class Searcher:
             for hit in hits
         ]
 
-    def _with_embeddings(self, library_id: str, hits: list[SearchHit]) -> list[SearchHit]:
+    def _with_embeddings(self, library_id: str, hits: Sequence[SearchHit]) -> list[SearchHit]:
         docs: dict[str, Document | None] = {}
         out = []
         for hit in hits:
@@ -301,7 +302,7 @@ class Searcher:
 
 def _grouped(
     state: LibraryState, queries: Matrix, k: int, predicate: Predicate | None, ef: int | None
-) -> list[list[SearchHit]]:
+) -> list[Sequence[SearchHit]]:
     """The best chunk of each of the ``k`` best documents, per query row
     (``_grouping.best_per_document``), under the library's read lock."""
     with state.lock.read():

@@ -107,6 +107,12 @@ class DocumentNotFoundError(NotFoundError):
         super().__init__(f"document {document_id!r} not found{where}", document_id=document_id)
 
 
+class WatchNotFoundError(NotFoundError):
+    def __init__(self, watch_id: str, library_id: str | None = None) -> None:
+        where = f" in library {library_id!r}" if library_id else ""
+        super().__init__(f"watch {watch_id!r} not found{where}", watch_id=watch_id)
+
+
 class AlreadyExistsError(ArrwdbError):
     """A library with that name (or a document with that id) already exists."""
 

@@ -60,12 +60,13 @@ skip evaluation altogether), and an operator on a plain ``str``/``int``/``float`
 
 from __future__ import annotations
 
-import numbers
 import operator
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Final
 
+from arrwdb.domain._filter_plan import Plan, plan_filter
+from arrwdb.domain._filter_plan import is_number as _is_number
 from arrwdb.domain.errors import InvalidFilterError, LimitExceededError
 from arrwdb.domain.limits import FILTER_DEPTH
 
@@ -90,6 +91,7 @@ COMBINATORS: Final = frozenset({"$and", "$or", "$not"})
 OPERATORS: Final = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"})
 
 _MISSING: Final = object()
+_PLAN: Final = "_arrwdb_plan"  # where a compiled predicate keeps its plan
 _COMPARISONS: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "$gt": operator.gt,
     "$gte": operator.ge,
@@ -114,7 +116,22 @@ def compile_filter(spec: Mapping[str, Any] | None) -> Predicate:
     """
     if spec is None:
         return MATCH_ALL
-    return _compile(spec, set(), 0)
+    predicate = _compile(spec, set(), 0)
+    if predicate is not MATCH_ALL and predicate is not _match_none:
+        # the same filter as a vectorised plan, for evaluating it over a whole library
+        setattr(predicate, _PLAN, plan_filter(spec))
+    return predicate
+
+
+def plan_of(predicate: Predicate) -> Plan | None:
+    """The vectorised plan of a predicate ``compile_filter`` made (``_filter_plan``), or
+    ``None``: evaluate it per chunk."""
+    if predicate is MATCH_ALL:
+        return ("all",)
+    if predicate is _match_none:
+        return ("none",)
+    plan: Plan | None = getattr(predicate, _PLAN, None)
+    return plan
 
 
 def filter_fields(spec: Mapping[str, Any] | None) -> frozenset[str]:
@@ -394,13 +411,6 @@ def _always(value: Any) -> bool:
 
 def _never(value: Any) -> bool:
     return False
-
-
-def _is_number(value: object) -> bool:
-    kind = type(value)
-    if kind is int or kind is float:
-        return True
-    return kind is not bool and isinstance(value, numbers.Real)
 
 
 def _type_name(value: object) -> str:

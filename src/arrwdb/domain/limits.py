@@ -69,3 +69,5 @@ class Limits:
     dimension: int = 16_384
     #: how many libraries a store may hold
     libraries: int = 10_000
+    #: how many live watches one library may have
+    watches_per_library: int = 10_000

@@ -133,7 +133,12 @@ class SearchHit:
 
 @dataclass(frozen=True, slots=True)
 class SearchResult:
-    results: list[SearchHit]
+    """The hits of a search, best first (``results``; the result itself is a sequence of
+    them too), and how long it took. ``results`` is a read-only sequence: a list over the
+    client; in process, hits built when first read (``len``, indexing, slicing, iteration and
+    ``==`` with a list behave as a list's)."""
+
+    results: Sequence[SearchHit]
     took_ms: float
 
     def __len__(self) -> int:

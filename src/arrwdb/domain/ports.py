@@ -13,7 +13,7 @@ those writes become durable; an ``EventHub`` is published to only by the project
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -25,6 +25,7 @@ from arrwdb.domain.changes import Batch, Change, Receipt, WriteKey
 from arrwdb.domain.events import Event, StartPoint
 from arrwdb.domain.filters import Predicate
 from arrwdb.domain.models import ApiKey, Document, IndexParams, Library, Matrix, Metric, Page
+from arrwdb.domain.watches import Watch
 
 Labels = npt.NDArray[np.int64]
 Scores = npt.NDArray[np.float32]
@@ -51,9 +52,18 @@ class VectorIndex(Protocol):
         """Number of live (not removed) vectors."""
         ...
 
-    def add(self, labels: Labels, vectors: Matrix) -> None:
+    def add(self, labels: Labels, vectors: Matrix, *, link: bool = True) -> None:
         """Insert ``vectors[i]`` under ``labels[i]`` (non-negative; a present label's vector
-        is replaced, a removed one may be added again)."""
+        is replaced, a removed one may be added again).
+
+        ``link=False`` lets an approximate index leave its graph work for ``link``: the
+        vectors are in at once for ``search_exact``, ``get_vectors`` and ``len``, and
+        ``search`` links first (the projector links before it lets searches in)."""
+        ...
+
+    def link(self) -> None:
+        """Finish the graph work of an ``add(..., link=False)`` (a no-op when there is
+        none, and for an exact index)."""
         ...
 
     def remove(self, labels: Labels) -> None:
@@ -77,6 +87,13 @@ class VectorIndex(Protocol):
         the result is the ``k`` best *among them* (not the ``k`` best, then filtered).
         ``ef`` widens an approximate index's search (ignored by an exact one).
         """
+        ...
+
+    def search_exact(
+        self, queries: Matrix, k: int, *, allowed: Labels | None = None
+    ) -> tuple[Labels, Scores]:
+        """``search``, exactly, whatever the index (an approximate one scans its vectors):
+        what live queries refill their results with."""
         ...
 
     def get_vectors(self, labels: Labels) -> Matrix:
@@ -362,6 +379,53 @@ class KeyStore(Protocol):
 
     def revoke_key(self, key_id: str) -> bool:
         """Forget a key; False if there is no such key."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWatch:
+    """A REST watch as a ``WatchStore`` keeps it."""
+
+    watch: Watch
+    #: the change event id its library was known at when it was registered (the library's
+    #: creation is at or before it): a server that has applied this position and lacks the
+    #: library knows the library was deleted
+    position: int
+    #: when a listener was last seen on it, on any server (Unix time, seconds; its
+    #: registration at first): it expires ``watch_ttl`` seconds after that
+    seen_at: float
+
+
+class WatchStore(Protocol):
+    """Where REST watches are kept, beside the store: they survive restarts, and servers
+    sharing a store (``shared``) share them. Raises ``StorageError``."""
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may change the watches (then ``seen`` is polled)."""
+        ...
+
+    def save_watch(self, stored: StoredWatch) -> None:
+        """Keep a watch (durably, before it returns), replacing one of the same id."""
+        ...
+
+    def delete_watch(self, watch_id: str, idle_before: float | None = None) -> bool:
+        """Forget a watch; False if there is no such watch. With ``idle_before``, only if its
+        ``seen_at`` is not later than that (an expiry that a listener seen meanwhile, on any
+        server, prevents)."""
+        ...
+
+    def load_watches(self, ids: Collection[str] | None = None) -> list[StoredWatch]:
+        """Every watch kept (``ids``: only those of these ids that are kept), oldest first."""
+        ...
+
+    def seen(self) -> dict[str, float]:
+        """Every watch kept: its id and ``seen_at`` (a cheap read: no vectors)."""
+        ...
+
+    def touch(self, seen: Mapping[str, float]) -> None:
+        """Record that listeners were seen on watches (id -> when); a time earlier than the
+        one kept, or the id of a watch that is not kept, is ignored."""
         ...
 
 

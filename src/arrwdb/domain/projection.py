@@ -14,12 +14,14 @@ new ones. One applier at a time; the others wait for it and find their work done
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import cast
 
 from arrwdb.domain._library_state import LibraryChange, LibraryState
+from arrwdb.domain._watch_engine import LiveWatch, WatchBook
 from arrwdb.domain.changes import (
     Batch,
     Change,
@@ -28,8 +30,10 @@ from arrwdb.domain.changes import (
     LibraryDeleted,
 )
 from arrwdb.domain.errors import HistoryLostError, InternalError, LibraryNotFoundError
+from arrwdb.domain.filters import Predicate
 from arrwdb.domain.models import Library, Matrix
 from arrwdb.domain.ports import ChangeLog, EventHub, IndexFactory, IndexStore, Repository
+from arrwdb.domain.watches import Watch
 
 logger = logging.getLogger("arrwdb.projection")
 
@@ -108,10 +112,28 @@ class Projector:
         # first position of a batch -> its writer's stacked vectors (single dict operations:
         # atomic, no lock needed)
         self._hints: dict[int, Matrix] = {}
+        #: the live watches: one more projection, brought up to date with every batch
+        self.watches = WatchBook()
 
     @property
     def applied(self) -> int:
         return self._projection.applied
+
+    def watch(self, watch: Watch, predicate: Predicate | None, history: int) -> LiveWatch:
+        """Start a watch at the position applied now (between batches: it sees each later
+        one exactly once); a watch of that id already started is returned as it is. Raises
+        ``LibraryNotFoundError``."""
+        with self._lock:
+            started = self.watches.get(watch.id)
+            if started is not None:
+                return started
+            state = self._projection.state(watch.library_id)
+            with state.lock.read():
+                return self.watches.add(watch, state, predicate, history, self._projection.applied)
+
+    def unwatch(self, watch_id: str, reason: str) -> LiveWatch | None:
+        with self._lock:
+            return self.watches.remove(watch_id, reason)
 
     def catch_up(self, through: int, *, vectors: tuple[int, Matrix] | None = None) -> None:
         """Return once every change up to position ``through`` (durable in the log) is
@@ -141,20 +163,50 @@ class Projector:
         if batch.first != projection.applied + 1:
             raise InternalError(f"batch at {batch.first} after position {projection.applied}")
         vectors = self._hints.pop(batch.first, None)
-        for library_id, run in _runs(batch.changes):
-            first = run[0]
-            if isinstance(first, LibraryCreated):
-                library = first.library
-                projection.states[library.id] = LibraryState(library, projection.make_index)
-                projection.names[library.name] = library.id
-            elif isinstance(first, LibraryDeleted):
-                self._delete(library_id)
-            else:
-                self._apply_run(library_id, run, vectors if len(run) == len(batch) else None)
+        # A watched library keeps its write lock until its watches have followed the batch and
+        # its index has linked the new vectors into its graph: the watches score the batch
+        # (exact scans) before the graph work, so their events do not wait for it, and no
+        # search sees the index in between.
+        with contextlib.ExitStack() as held:
+            watched: dict[str, LibraryState] = {}
+            try:
+                for library_id, run in _runs(batch.changes):
+                    first = run[0]
+                    if isinstance(first, LibraryCreated):
+                        library = first.library
+                        state = LibraryState(library, projection.make_index)
+                        projection.states[library.id] = state
+                        projection.names[library.name] = library.id
+                    elif isinstance(first, LibraryDeleted):
+                        self._delete(library_id, locked=library_id in watched)
+                        watched.pop(library_id, None)
+                    else:
+                        whole = vectors if len(run) == len(batch) else None
+                        self._apply_run(library_id, run, whole, held, watched)
+                # the watches' events exist before the change events that caused them are
+                # published (and so before the write is answered)
+                try:
+                    self.watches.after_batch(batch, projection.states)
+                except Exception:  # a watch must never stop the log being applied: end them
+                    logger.exception(
+                        "updating the watches after %s failed: closing them", batch.last
+                    )
+                    self.watches.close_all("internal_error")
+            finally:
+                for state in watched.values():
+                    state.journal = None
+                    state.link()
         self._hub.publish(batch.events())
         projection.applied = batch.last  # after the publish: whoever sees it finds the events
 
-    def _apply_run(self, library_id: str, run: Sequence[Change], vectors: Matrix | None) -> None:
+    def _apply_run(
+        self,
+        library_id: str,
+        run: Sequence[Change],
+        vectors: Matrix | None,
+        held: contextlib.ExitStack,
+        watched: dict[str, LibraryState],
+    ) -> None:
         projection = self._projection
         state = projection.states.get(library_id)
         if state is None:  # the log is ordered: a change of a library that is not there is a bug
@@ -164,20 +216,29 @@ class Projector:
         # state's own to apply
         changes = cast(Sequence[LibraryChange], run)
         old_name = state.library.name
-        with state.lock.write():
-            state.apply(changes, vectors)
+        if library_id in watched:  # (its write lock is held already)
+            state.apply(changes, vectors, link=False)
+        elif self.watches.count(library_id):
+            held.enter_context(state.lock.write())  # until the batch's watches are done
+            watched[library_id] = state
+            state.start_journal()  # what the batch does to its chunks, change by change
+            state.apply(changes, vectors, link=False)
+        else:
+            with state.lock.write():
+                state.apply(changes, vectors)
         new_name = state.library.name
         if new_name != old_name:
             if projection.names.get(old_name) == library_id:
                 del projection.names[old_name]
             projection.names[new_name] = library_id
 
-    def _delete(self, library_id: str) -> None:
+    def _delete(self, library_id: str, *, locked: bool = False) -> None:
+        """Drop a library's state (``locked``: its write lock is held already)."""
         projection = self._projection
         state = projection.states.get(library_id)
         if state is None:
             return
-        with state.lock.write():
+        with contextlib.nullcontext() if locked else state.lock.write():
             del projection.states[library_id]
             state.unsaved = 0
         if projection.names.get(state.library.name) == library_id:

@@ -50,6 +50,8 @@ from arrwdb.domain._documents import (
     with_id,
 )
 from arrwdb.domain._search import Searcher
+from arrwdb.domain._watch_keeper import DEFAULT_WATCH_TTL
+from arrwdb.domain._watching import Watching
 from arrwdb.domain.changes import (
     Batch,
     DocumentDeleted,
@@ -93,8 +95,10 @@ from arrwdb.domain.ports import (
     SharedLog,
     Store,
     Subscription,
+    WatchStore,
 )
 from arrwdb.domain.projection import Follower, Projection, Projector
+from arrwdb.domain.watches import DEFAULT_WATCH_HISTORY
 
 logger = logging.getLogger("arrwdb.service")
 
@@ -113,6 +117,9 @@ class VectorDBService:
         default_embedder: str = "hashing",
         index_store: IndexStore | None = None,
         limits: Limits | None = None,
+        watch_history: int = DEFAULT_WATCH_HISTORY,
+        watch_store: WatchStore | None = None,
+        watch_ttl: float = DEFAULT_WATCH_TTL,
     ) -> None:
         if default_embedder not in embedders:
             raise InvalidArgumentError(
@@ -130,6 +137,17 @@ class VectorDBService:
         self._searcher = Searcher(self._builder, store)
         self._projection = Projection(index_factory)
         self._projector = Projector(self._projection, store, hub, index_store)
+        #: the live queries (``lib.watch``, the watch routes and WebSocket actions); the REST
+        #: ones kept in ``watch_store``, expiring after ``watch_ttl`` seconds without a listener
+        self.watching = Watching(
+            self._projection,
+            self._projector,
+            self._builder,
+            self._limits,
+            watch_history,
+            watch_store,
+            watch_ttl,
+        )
         self._loading = threading.Lock()
         self._saving = threading.Lock()  # one save_indexes at a time
         self._stop_autosave = threading.Event()
@@ -143,11 +161,13 @@ class VectorDBService:
 
     def load(self) -> None:
         """Build the projection from the store (started, as the hub is): every library's index
-        is the saved one brought up to date, or built from the store's documents."""
+        is the saved one brought up to date, or built from the store's documents; then the
+        stored watches are started again."""
         with self._loading:
             if self._loaded:
                 return
             self._projection.load(self._store, self._store.head, self._index_store)
+            self.watching.restore()
             self._loaded = True
 
     @property
@@ -214,6 +234,7 @@ class VectorDBService:
         owner."""
         if self._follower is not None:
             self._follower.stop()
+        self.watching.close()
         self._stop_autosave.set()
         if self._autosaver is not None:
             self._autosaver.join()
@@ -387,6 +408,7 @@ class VectorDBService:
         """Delete a library with all of its documents; raises ``LibraryNotFoundError``."""
         self._known(library_id)
         self._write(rules.delete_library(library_id))
+        self.watching.library_deleted(library_id)
 
     # -- documents ----------------------------------------------------------------------------
 

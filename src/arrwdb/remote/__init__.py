@@ -1,14 +1,22 @@
 """The client of an arrwDB server: ``arrwdb.connect(url)`` and ``arrwdb.connect_async(url)``
 give the in-process API (``arrwdb.api``) over HTTP: the same methods, arguments, results and
-exceptions, with change streams over Server-Sent Events that resume by themselves."""
+exceptions, with change streams and live queries over Server-Sent Events that resume by
+themselves."""
 
 from __future__ import annotations
 
+from arrwdb.remote._aevents import AsyncRemoteEventStream
 from arrwdb.remote._events import RemoteEventStream
 from arrwdb.remote._http import DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from arrwdb.remote._ingest import AsyncIngest, Ingest, IngestResult
+from arrwdb.remote._watches import (
+    AsyncRemoteWatch,
+    AsyncRemoteWatchEvents,
+    RemoteWatch,
+    RemoteWatchEvents,
+)
 from arrwdb.remote._wire import ServerUnavailableError
-from arrwdb.remote.aio import AsyncRemoteDatabase, AsyncRemoteEventStream, AsyncRemoteLibrary
+from arrwdb.remote.aio import AsyncRemoteDatabase, AsyncRemoteLibrary
 from arrwdb.remote.sync import RemoteDatabase, RemoteLibrary
 
 
@@ -45,11 +53,15 @@ __all__ = [
     "AsyncRemoteDatabase",
     "AsyncRemoteEventStream",
     "AsyncRemoteLibrary",
+    "AsyncRemoteWatch",
+    "AsyncRemoteWatchEvents",
     "Ingest",
     "IngestResult",
     "RemoteDatabase",
     "RemoteEventStream",
     "RemoteLibrary",
+    "RemoteWatch",
+    "RemoteWatchEvents",
     "ServerUnavailableError",
     "connect",
     "connect_async",

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from arrwdb.domain.errors import InvalidArgumentError
 from arrwdb.domain.models import Document, Library, Page, SearchResult
+from arrwdb.domain.watches import Watch
 from arrwdb.remote import _wire
 
 T = TypeVar("T")
@@ -217,6 +218,34 @@ def search_many_results(answer: str) -> list[SearchResult]:
             raise _wire.problem_error(422, {**line, "detail": line.get("error")}, "")
         results.append(_wire.search_result(line))
     return results
+
+
+# -- watches --------------------------------------------------------------------------------
+
+
+def watch_path(library_id: str, watch_id: str) -> str:
+    return f"{_lib(library_id)}/watches/{quote(watch_id, safe='')}"
+
+
+def create_watch(
+    library_id: str,
+    query: Any,
+    k: int | None,
+    *,
+    filter: Mapping[str, Any] | None = None,
+    threshold: float | None = None,
+) -> Call[Watch]:
+    """``POST .../watches``: a top-k watch (``k``) or a match watch (``k=None``, a
+    ``threshold``). Not sent with an idempotency key: the server does not take one here, and a
+    watch made twice by a retry ends by itself when nobody listens to it."""
+    body = _wire.query_fields(query)
+    fields = (("k", k), ("threshold", threshold), ("filter", filter))
+    body.update((name, value) for name, value in fields if value is not None)
+    return Call("POST", f"{_lib(library_id)}/watches", lambda d: _wire.watch(d, query), body)
+
+
+def delete_watch(library_id: str, watch_id: str) -> Call[None]:
+    return Call("DELETE", watch_path(library_id, watch_id), _nothing, write=True)
 
 
 def search_options(

@@ -1,5 +1,5 @@
-"""The sync client's change stream: Server-Sent Events read by a background thread into a
-bounded buffer, reconnecting and resuming by itself."""
+"""The sync client's streams: Server-Sent Events read by a background thread into a bounded
+buffer, reconnecting and resuming by itself (``SseReader``); the change stream is one."""
 
 from __future__ import annotations
 
@@ -8,34 +8,39 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import Generic
 
 import httpx
 
 from arrwdb.domain.events import Event
 from arrwdb.remote import _wire
 from arrwdb.remote._http import Http, error_of, headers_of, unavailable
-from arrwdb.remote._sse import BUFFER, SILENCE, Backoff, Parser, Position, is_final
+from arrwdb.remote._sse import (
+    BUFFER,
+    SILENCE,
+    Backoff,
+    ChangePosition,
+    E,
+    Parser,
+    Position,
+    is_final,
+)
 
 
-class RemoteEventStream:
-    """A change stream over SSE, read by a background thread into a bounded buffer."""
+class SseReader(Generic[E]):
+    """A stream over SSE from ``path``, read by a background thread into a bounded buffer.
+    The connection is open when this returns (a refusal is raised here); after a lost one it
+    reconnects from ``position`` (backing off, with jitter), so nothing is given twice or
+    missed. Iterating stops after ``timeout`` seconds without an event."""
 
-    def __init__(
-        self,
-        http: Http,
-        path: str,
-        since: str | int | None,
-        types: Iterable[str] | None,
-        timeout: float | None,
-    ) -> None:
+    def __init__(self, http: Http, path: str, position: Position[E], timeout: float | None) -> None:
         self._path = path
         self._timeout = timeout
-        self._position = Position(since=None if since is None else str(since))
-        self._position.types = _wire.types_param(types)
+        self._position = position
         self._last_id: str | None = None
         #: how many times the stream has reconnected (after a lost connection)
         self.reconnects = 0
-        self._items: queue.Queue[Event | BaseException] = queue.Queue(maxsize=BUFFER)
+        self._items: queue.Queue[E | BaseException] = queue.Queue(maxsize=BUFFER)
         self._closed = threading.Event()
         self._client = httpx.Client(
             base_url=http.url,
@@ -74,12 +79,13 @@ class RemoteEventStream:
                 return response
             response.read()
             response.close()
-            raise error_of(response)
+            raise self._position.refused(error_of(response))
         raise AssertionError("unreachable")
 
     def _read(self) -> None:
         backoff = Backoff()
         response = self._response
+        position = self._position
         while not self._closed.is_set():
             if response is None:
                 self.reconnects += 1
@@ -96,10 +102,12 @@ class RemoteEventStream:
                 for line in response.iter_lines():
                     backoff.reset()
                     envelope = parser.feed(line)
-                    item = None if envelope is None else self._position.take(envelope)
-                    if item is not None and not self._put(item):
+                    item = None if envelope is None else position.take(envelope)
+                    if item is None:
+                        continue
+                    if not self._put(item) or isinstance(item, BaseException):
                         return
-                    if isinstance(item, BaseException):
+                    if position.final(item):
                         return
             except (httpx.HTTPError, ValueError, RuntimeError):
                 pass  # a lost connection (or one closed by ``close``): reconnect
@@ -109,7 +117,7 @@ class RemoteEventStream:
             if not self._closed.is_set():
                 self._closed.wait(backoff.next())
 
-    def _put(self, item: Event | BaseException) -> bool:
+    def _put(self, item: E | BaseException) -> bool:
         while not self._closed.is_set():
             try:
                 self._items.put(item, timeout=0.2)
@@ -118,10 +126,19 @@ class RemoteEventStream:
                 continue
         return False
 
-    def __iter__(self) -> Iterator[Event]:
+    def _given(self, item: E | BaseException) -> E:
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        self._last_id = item.id
+        if self._position.final(item):
+            self.close()  # the last event: the iteration ends after it
+        return item
+
+    def __iter__(self) -> Iterator[E]:
         return self
 
-    def __next__(self) -> Event:
+    def __next__(self) -> E:
         if self._closed.is_set() and self._items.empty():
             raise StopIteration
         try:
@@ -129,11 +146,14 @@ class RemoteEventStream:
         except queue.Empty:
             self.close()
             raise StopIteration from None
-        if isinstance(item, BaseException):
-            self.close()
-            raise item
-        self._last_id = item.id
-        return item
+        return self._given(item)
+
+    def _poll(self) -> E | None:
+        try:
+            item = self._items.get_nowait()
+        except queue.Empty:
+            return None
+        return self._given(item)
 
     def close(self) -> None:
         if self._closed.is_set():
@@ -144,6 +164,22 @@ class RemoteEventStream:
             with contextlib.suppress(Exception):
                 response.close()
         self._client.close()
+
+
+class RemoteEventStream(SseReader[Event]):
+    """A change stream over SSE, read by a background thread into a bounded buffer."""
+
+    def __init__(
+        self,
+        http: Http,
+        path: str,
+        since: str | int | None,
+        types: Iterable[str] | None,
+        timeout: float | None,
+    ) -> None:
+        position = ChangePosition(since=None if since is None else str(since))
+        position.types = _wire.types_param(types)
+        super().__init__(http, path, position, timeout)
 
     def __enter__(self) -> RemoteEventStream:
         return self

@@ -1,14 +1,17 @@
 """Requests to an arrwDB server, retried while it is unreachable or restarting, and its
-problem answers turned back into exceptions (used by ``sync`` and ``aio``)."""
+problem answers turned back into exceptions: ``Http`` (used by ``sync``) and ``AsyncHttp``
+(used by ``aio``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -16,6 +19,9 @@ from arrwdb.domain.errors import ArrwdbError
 from arrwdb.remote import _calls, _wire
 from arrwdb.remote._calls import Call
 from arrwdb.remote._sse import Backoff
+
+if TYPE_CHECKING:
+    from arrwdb.remote._watches import AsyncRemoteWatch, RemoteWatch
 
 T = TypeVar("T")
 
@@ -79,6 +85,8 @@ class Http:
         self.timeout = timeout
         self.retries = retries
         self.client = httpx.Client(base_url=self.url, headers=headers_of(api_key), timeout=timeout)
+        #: the watches made through this client and not closed yet (removed at its close)
+        self.watches: weakref.WeakSet[RemoteWatch] = weakref.WeakSet()
 
     def send(
         self,
@@ -122,3 +130,66 @@ class Http:
 
     def close(self) -> None:
         self.client.close()
+
+
+class AsyncHttp:
+    """``Http`` for coroutines. Every request first waits for the change streams this client
+    has just opened to be registered, so that a write made after ``lib.events()`` returned is
+    in the stream (as it is in process)."""
+
+    def __init__(self, url: str, api_key: str | None, timeout: float, retries: int) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.retries = retries
+        self.client = httpx.AsyncClient(
+            base_url=self.url, headers=headers_of(api_key), timeout=timeout
+        )
+        self.opening: set[asyncio.Future[None]] = set()
+        #: the watches made through this client and not closed yet (removed at its close)
+        self.watches: weakref.WeakSet[AsyncRemoteWatch] = weakref.WeakSet()
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+        write: bool = False,
+        content_type: str = "application/json",
+    ) -> httpx.Response:
+        if self.opening:
+            await asyncio.wait(list(self.opening))
+        headers = {"Content-Type": content_type} if content is not None else {}
+        if write:
+            headers["Idempotency-Key"] = uuid.uuid4().hex
+        backoff = Backoff()
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = await self.client.request(
+                    method, path, content=content, params=params, headers=headers
+                )
+            except httpx.TransportError as exc:
+                if last:
+                    raise unavailable(self.url, exc) from None
+                await asyncio.sleep(backoff.next())
+                continue
+            if response.is_success:
+                return response
+            delay = None if last else retry_delay(response, backoff)
+            if delay is None:
+                raise error_of(response)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def run(self, call: Call[T]) -> T:
+        content = None if call.body is None else _calls.body_bytes(call.body)
+        response = await self.send(
+            call.method, call.path, content=content, params=call.params, write=call.write
+        )
+        return call.decode(response.json() if response.content else None)
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -23,6 +23,7 @@ from arrwdb.domain.models import (
     SearchHit,
     SearchResult,
 )
+from arrwdb.domain.watches import Watch, WatchEvent
 
 
 class ServerUnavailableError(errors.ArrwdbError):
@@ -123,6 +124,35 @@ def event(envelope: Mapping[str, Any]) -> Event:
     )
 
 
+def watch(d: Mapping[str, Any], query: Any) -> Watch:
+    """A watch the server made (``POST .../watches``) for ``query``: its ``vector`` is the
+    query vector as sent (empty for a text query: the server embeds it)."""
+    text = query if isinstance(query, str) else None
+    vector = np.empty(0, dtype=np.float32) if text is not None else np.asarray(query, np.float32)
+    return Watch(
+        id=d["id"],
+        library_id=d["library_id"],
+        k=d.get("k"),
+        threshold=d.get("threshold"),
+        filter=d.get("filter"),
+        created_at=timestamp(d["created_at"]),
+        vector=vector,
+        query_text=text,
+    )
+
+
+def watch_event(envelope: Mapping[str, Any]) -> WatchEvent:
+    stamp = envelope.get("timestamp")
+    return WatchEvent(
+        id=str(envelope["id"]),
+        type=envelope["type"],
+        library_id=envelope.get("library_id") or "",
+        watch_id=envelope.get("watch_id") or "",
+        data=envelope.get("data") or {},
+        **({"timestamp": timestamp(stamp)} if isinstance(stamp, str) else {}),
+    )
+
+
 # -- models -> JSON -------------------------------------------------------------------------
 
 
@@ -214,16 +244,15 @@ _CLASSES = _by_code()
 
 def problem_error(status: int, problem: Mapping[str, Any] | None, text: str) -> errors.ArrwdbError:
     """The exception a problem answer stands for: the class of its ``code`` (a 404 of a
-    document is ``DocumentNotFoundError``, of a library ``LibraryNotFoundError``), with the
-    server's message and details."""
+    document is ``DocumentNotFoundError``, of a watch ``WatchNotFoundError``, of a library
+    ``LibraryNotFoundError``), with the server's message and details."""
     problem = problem or {}
     code = str(problem.get("code") or _status_code(status))
     message = str(problem.get("detail") or text or f"HTTP {status}")
     details = {k: v for k, v in problem.items() if k not in ("type", "title", "detail", "code")}
     cls = _CLASSES.get(code)
     if code == "not_found":
-        document_error = problem.get("field") == "document_id" or message.startswith("document ")
-        cls = errors.DocumentNotFoundError if document_error else errors.LibraryNotFoundError
+        cls = _not_found(problem, message)
     if cls is None:
         cls = errors.ValidationError if 400 <= status < 500 else errors.ArrwdbError
     exc = cls.__new__(cls)
@@ -233,6 +262,16 @@ def problem_error(status: int, problem: Mapping[str, Any] | None, text: str) -> 
     if isinstance(exc, errors.RateLimitedError):
         exc.retry_after = float(problem.get("retry_after") or 1.0)
     return exc
+
+
+def _not_found(problem: Mapping[str, Any], message: str) -> type[errors.NotFoundError]:
+    """What a 404 names: a document, a watch or (otherwise) a library."""
+    field = problem.get("field")
+    if field == "document_id" or message.startswith("document "):
+        return errors.DocumentNotFoundError
+    if field == "watch_id" or message.startswith("watch "):
+        return errors.WatchNotFoundError
+    return errors.LibraryNotFoundError
 
 
 def _status_code(status: int) -> str:

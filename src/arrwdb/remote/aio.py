@@ -3,92 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
-
-import httpx
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from arrwdb.api import Query
 from arrwdb.domain.errors import InvalidArgumentError, LibraryNotFoundError
-from arrwdb.domain.events import Event
 from arrwdb.domain.models import Document, Library, Page, SearchResult
-from arrwdb.remote import _calls, _wire
-from arrwdb.remote._calls import Call
-from arrwdb.remote._http import (
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT,
-    error_of,
-    headers_of,
-    retry_delay,
-    unavailable,
-)
+from arrwdb.remote import _calls
+from arrwdb.remote._aevents import AsyncRemoteEventStream
+from arrwdb.remote._http import DEFAULT_RETRIES, DEFAULT_TIMEOUT, AsyncHttp
 from arrwdb.remote._ingest import AsyncIngest
-from arrwdb.remote._sse import BUFFER, SILENCE, Backoff, Parser, Position, is_final
-
-T = TypeVar("T")
-
-
-class AsyncHttp:
-    """``Http`` for coroutines. Every request first waits for the change streams this client
-    has just opened to be registered, so that a write made after ``lib.events()`` returned is
-    in the stream (as it is in process)."""
-
-    def __init__(self, url: str, api_key: str | None, timeout: float, retries: int) -> None:
-        self.url = url.rstrip("/")
-        self.api_key = api_key
-        self.timeout = timeout
-        self.retries = retries
-        self.client = httpx.AsyncClient(
-            base_url=self.url, headers=headers_of(api_key), timeout=timeout
-        )
-        self.opening: set[asyncio.Future[None]] = set()
-
-    async def send(
-        self,
-        method: str,
-        path: str,
-        *,
-        content: bytes | None = None,
-        params: Mapping[str, Any] | None = None,
-        write: bool = False,
-        content_type: str = "application/json",
-    ) -> httpx.Response:
-        if self.opening:
-            await asyncio.wait(list(self.opening))
-        headers = {"Content-Type": content_type} if content is not None else {}
-        if write:
-            headers["Idempotency-Key"] = uuid.uuid4().hex
-        backoff = Backoff()
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                response = await self.client.request(
-                    method, path, content=content, params=params, headers=headers
-                )
-            except httpx.TransportError as exc:
-                if last:
-                    raise unavailable(self.url, exc) from None
-                await asyncio.sleep(backoff.next())
-                continue
-            if response.is_success:
-                return response
-            delay = None if last else retry_delay(response, backoff)
-            if delay is None:
-                raise error_of(response)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
-    async def run(self, call: Call[T]) -> T:
-        content = None if call.body is None else _calls.body_bytes(call.body)
-        response = await self.send(
-            call.method, call.path, content=content, params=call.params, write=call.write
-        )
-        return call.decode(response.json() if response.content else None)
-
-    async def close(self) -> None:
-        await self.client.aclose()
+from arrwdb.remote._watches import AsyncRemoteWatch
 
 
 class AsyncRemoteDatabase:
@@ -149,6 +74,8 @@ class AsyncRemoteDatabase:
         raise LibraryNotFoundError(name_or_id)
 
     async def close(self) -> None:
+        """Close the client; the watches made through it and still open are removed."""
+        await asyncio.gather(*(watch._abandon() for watch in list(self._http.watches)))
         await self._http.close()
 
     async def __aenter__(self) -> AsyncRemoteDatabase:
@@ -278,127 +205,7 @@ class AsyncRemoteLibrary:
         path = f"/v1/libraries/{self.id}/events"
         return AsyncRemoteEventStream(self._http, path, since, types, timeout)
 
-
-class AsyncRemoteEventStream:
-    """A change stream over SSE, read by a task into a bounded buffer."""
-
-    def __init__(
-        self,
-        http: AsyncHttp,
-        path: str,
-        since: str | int | None,
-        types: Iterable[str] | None,
-        timeout: float | None,
-    ) -> None:
-        self._http = http
-        self._path = path
-        self._timeout = timeout
-        self._position = Position(since=None if since is None else str(since))
-        self._position.types = _wire.types_param(types)
-        self._last_id: str | None = None
-        #: how many times the stream has reconnected (after a lost connection)
-        self.reconnects = 0
-        self._items: asyncio.Queue[Event | BaseException] = asyncio.Queue(maxsize=BUFFER)
-        self._closed = False
-        loop = asyncio.get_running_loop()
-        self._opened: asyncio.Future[None] = loop.create_future()
-        http.opening.add(self._opened)
-        self._opened.add_done_callback(http.opening.discard)
-        self._task = loop.create_task(self._read(), name="arrwdb-events")
-
-    @property
-    def last_id(self) -> str | None:
-        return self._last_id
-
-    async def _open(self, client: httpx.AsyncClient, retries: int) -> httpx.Response:
-        backoff = Backoff()
-        for attempt in range(retries + 1):
-            try:
-                request = client.build_request("GET", self._path, params=self._position.params())
-                response = await client.send(request, stream=True)
-            except httpx.TransportError as exc:
-                if attempt == retries:
-                    raise unavailable(self._http.url, exc) from None
-                await asyncio.sleep(backoff.next())
-                continue
-            if response.is_success:
-                self._position.started(response.headers.get("arrwdb-event-id"))
-                return response
-            await response.aread()
-            await response.aclose()
-            raise error_of(response)
-        raise AssertionError("unreachable")
-
-    async def _read(self) -> None:
-        http = self._http
-        backoff = Backoff()
-        async with httpx.AsyncClient(
-            base_url=http.url,
-            headers=headers_of(http.api_key) | {"Accept": "text/event-stream"},
-            timeout=httpx.Timeout(http.timeout, read=SILENCE),
-        ) as client:
-            first = True
-            while True:
-                self.reconnects += not first
-                try:
-                    response = await self._open(client, http.retries if first else 0)
-                except Exception as exc:
-                    if first or is_final(exc):
-                        await self._items.put(exc)
-                        return
-                    await asyncio.sleep(backoff.next())
-                    continue
-                finally:
-                    if first and not self._opened.done():
-                        self._opened.set_result(None)
-                    first = False
-                parser = Parser()
-                try:
-                    async for line in response.aiter_lines():
-                        backoff.reset()
-                        envelope = parser.feed(line)
-                        item = None if envelope is None else self._position.take(envelope)
-                        if item is not None:
-                            await self._items.put(item)
-                        if isinstance(item, BaseException):
-                            return
-                except (httpx.HTTPError, ValueError):
-                    pass  # a lost connection: reconnect
-                finally:
-                    await response.aclose()
-                await asyncio.sleep(backoff.next())
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._closed and self._items.empty():
-            raise StopAsyncIteration
-        try:
-            item = await asyncio.wait_for(self._items.get(), self._timeout)
-        except TimeoutError:
-            self.close()
-            raise StopAsyncIteration from None
-        if isinstance(item, BaseException):
-            self.close()
-            raise item
-        self._last_id = item.id
-        return item
-
-    def close(self) -> None:
-        """Stop reading (the connection is closed by the reading task as it ends)."""
-        self._closed = True
-        self._task.cancel()
-        if not self._opened.done():
-            self._opened.set_result(None)
-
-    async def aclose(self) -> None:
-        self.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def __aenter__(self) -> AsyncRemoteEventStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    async def watch(self, query: Query, k: int | None = 10, **options: Any) -> AsyncRemoteWatch:
+        """``RemoteLibrary.watch``; read with ``async for event in w.events()``."""
+        call = _calls.create_watch(self.id, query, k, **options)
+        return AsyncRemoteWatch(self._http, await self._http.run(call))

@@ -15,6 +15,7 @@ from arrwdb.remote import _calls
 from arrwdb.remote._events import RemoteEventStream
 from arrwdb.remote._http import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Http
 from arrwdb.remote._ingest import Ingest
+from arrwdb.remote._watches import RemoteWatch
 
 
 class RemoteDatabase:
@@ -96,6 +97,9 @@ class RemoteDatabase:
         raise LibraryNotFoundError(name_or_id)
 
     def close(self) -> None:
+        """Close the client; the watches made through it and still open are removed."""
+        for watch in list(self._http.watches):
+            watch._abandon()
         self._http.close()
 
     def __enter__(self) -> RemoteDatabase:
@@ -299,3 +303,22 @@ class RemoteLibrary:
         return RemoteEventStream(
             self._http, f"/v1/libraries/{self.id}/events", since, types, timeout
         )
+
+    def watch(
+        self,
+        query: Query,
+        k: int | None = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        threshold: float | None = None,
+    ) -> RemoteWatch:
+        """A live query, as in process: ``k`` given (default 10), the results of an exact
+        search for ``query`` (a text or a vector; ``filter`` and the ``threshold`` floor
+        applied), kept as every change commits; ``k=None`` and a ``threshold``, a
+        ``watch.match`` for every chunk added or updated that reaches it. Read with
+        ``w.events(timeout=...)`` (Server-Sent Events, resumed by themselves after a lost
+        connection); the watch lives on the server until ``w.close()``. Raises
+        ``NotFoundError``, ``ValidationError`` (as ``search``), ``LimitExceededError``
+        (``max_watches_per_library``, ``max_watches_per_key``)."""
+        call = _calls.create_watch(self.id, query, k, filter=filter, threshold=threshold)
+        return RemoteWatch(self._http, self._http.run(call))

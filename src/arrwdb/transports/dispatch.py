@@ -35,6 +35,7 @@ from arrwdb.domain.errors import InvalidArgumentError
 from arrwdb.domain.events import parse_event_id
 from arrwdb.domain.models import Document, Library, Page
 from arrwdb.domain.service import VectorDBService
+from arrwdb.transports import _watches
 from arrwdb.transports._read_hops import Read, ReadHops
 from arrwdb.transports.convert import (
     Searched,
@@ -64,6 +65,9 @@ from arrwdb.transports.messages import (
     LibraryList,
     LibraryUpdate,
     SearchIn,
+    WatchId,
+    WatchIn,
+    WatchSpec,
     encoder,
 )
 
@@ -143,6 +147,11 @@ def _update_document(s: VectorDBService, lib: str | None, r: DocumentUpdate) -> 
 def _delete_document(s: VectorDBService, lib: str | None, r: DocumentId) -> str:
     s.delete_document(_lib(lib), r.document_id)
     return r.document_id
+
+
+def _follow(s: VectorDBService, lib: str | None, r: WatchSpec) -> _watches.Followed:
+    since = None if r.since is None else str(r.since)
+    return _watches.follow(s, lib, r, r.watch_id, since)
 
 
 def _lib(library_id: str | None) -> str:
@@ -273,6 +282,12 @@ ACTIONS: dict[str, Action] = {
             Searched.out,
         ),
         Action("ready", None, lambda s, _, __: s.check_ready(), _same, need=Need.ANY),
+        # watches (live queries) are reads: a key that reads a library may watch it
+        Action("create_watch", WatchIn, _watches.create, _watches.watch_out),
+        Action("list_watches", None, _watches.listed, _same),
+        Action("get_watch", WatchId, _watches.found, _watches.watch_out),
+        Action("delete_watch", WatchId, _watches.stop, _same),
+        Action("watch", WatchSpec, _follow, _same),  # WebSocket: a ``_watches.Followed``
     )
 }
 

@@ -29,6 +29,8 @@ from arrwdb.transports.messages import (
     DocumentsIn,
     SearchHitOut,
     SearchIn,
+    WatchId,
+    WatchSpec,
 )
 
 #: A client's correlation id: echoed back verbatim.
@@ -78,8 +80,23 @@ class UnsubscribeRequest(_Request, tag="unsubscribe"):
     data: Empty = msgspec.field(default_factory=Empty)
 
 
+class WatchRequest(_Request, tag="watch"):
+    data: WatchSpec
+
+
+class UnwatchRequest(_Request, tag="unwatch"):
+    data: WatchId
+
+
 WSRequest = (
-    SearchRequest | AddRequest | DeleteRequest | GetRequest | SubscribeRequest | UnsubscribeRequest
+    SearchRequest
+    | AddRequest
+    | DeleteRequest
+    | GetRequest
+    | SubscribeRequest
+    | UnsubscribeRequest
+    | WatchRequest
+    | UnwatchRequest
 )
 #: Request Struct of each WebSocket action.
 WS_ACTIONS: dict[str, type[_Request]] = {
@@ -89,6 +106,8 @@ WS_ACTIONS: dict[str, type[_Request]] = {
     "get": GetRequest,
     "subscribe": SubscribeRequest,
     "unsubscribe": UnsubscribeRequest,
+    "watch": WatchRequest,
+    "unwatch": UnwatchRequest,
 }
 ws_request_decoder: msgspec.json.Decoder[WSRequest] = msgspec.json.Decoder(WSRequest)
 
@@ -122,6 +141,32 @@ class WSEvent(Struct, kw_only=True):
     type: Literal["event"] = "event"
     event_type: str
     library_id: str | None
+    data: dict[str, Any]
+    id: str
+    timestamp: str
+
+
+class WatchStarted(Struct, kw_only=True):
+    """``watch`` -> ``{"watch_id"}``."""
+
+    watch_id: str
+
+
+class Unwatched(Struct, kw_only=True):
+    """``unwatch`` -> ``{"watch_id", "unwatched": true}``."""
+
+    watch_id: str
+    unwatched: bool = True
+
+
+class WSWatchEvent(Struct, kw_only=True):
+    """A watch event as the WebSocket sends it: a change event's framing plus ``watch_id``
+    (``event_type`` ``watch.*``, or ``stream.reset`` / ``stream.closed`` of the watch)."""
+
+    type: Literal["event"] = "event"
+    event_type: str
+    library_id: str
+    watch_id: str
     data: dict[str, Any]
     id: str
     timestamp: str
@@ -197,7 +242,12 @@ WIRE_TYPES: tuple[type[Struct], ...] = (
     UnsubscribeRequest,
     WSResponse,
     SubscriptionState,
+    WatchRequest,
+    UnwatchRequest,
+    WatchStarted,
+    Unwatched,
     WSEvent,
+    WSWatchEvent,
     WSSystem,
     EventEnvelope,
     IngestLine,

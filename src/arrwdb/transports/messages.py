@@ -286,6 +286,48 @@ class SearchOut(Struct, kw_only=True):
     took_ms: float
 
 
+# -- watches --------------------------------------------------------------------------------
+
+
+class WatchIn(Struct, kw_only=True):
+    """A watch (``POST .../watches``, the WS ``watch`` action): exactly one of ``query_text``
+    and ``query_vector``; ``k`` (a top-k watch, optional ``threshold`` floor) or only
+    ``threshold`` (a match watch)."""
+
+    query_text: str | None = None
+    query_vector: list[float] | None = None
+    k: K | None = None
+    threshold: float | None = None
+    filter: dict[str, Any] | None = None
+
+
+class WatchSpec(WatchIn, kw_only=True):
+    """The WebSocket ``watch`` action's data: a new watch (as ``WatchIn``), or ``watch_id``
+    (and ``since``, a watch event id) to follow a watch made over REST."""
+
+    watch_id: str | None = None
+    since: str | int | None = None
+
+
+class WatchOut(Struct, kw_only=True):
+    id: str
+    library_id: str
+    k: int | None
+    threshold: float | None
+    filter: dict[str, Any] | None
+    created_at: str
+
+
+class WatchList(Struct, kw_only=True):
+    watches: list[WatchOut]
+
+
+class WatchId(Struct, kw_only=True):
+    """Names one watch (``GET``/``DELETE .../watches/{watch_id}``, WS ``unwatch``)."""
+
+    watch_id: str
+
+
 # -- operations -----------------------------------------------------------------------------
 
 
@@ -387,6 +429,11 @@ WIRE_TYPES: tuple[type[Struct], ...] = (
     SearchIn,
     SearchHitOut,
     SearchOut,
+    WatchIn,
+    WatchSpec,
+    WatchOut,
+    WatchList,
+    WatchId,
     Health,
     Readiness,
     BackupIn,
@@ -419,8 +466,13 @@ def decode(tp: Any, raw: bytes | str) -> Any:
     that breaks a rule."""
     try:
         return decoder_for(tp).decode(raw)
-    except msgspec.ValidationError:
-        _any_decoder.decode(raw)  # raises DecodeError if it is not JSON at all
+    except msgspec.ValidationError as exc:
+        try:
+            _any_decoder.decode(raw)  # raises DecodeError if it is not JSON at all
+        except msgspec.ValidationError:
+            # JSON with a number beyond a float (``1e999``): the untyped decoder refuses it
+            # too, but only the typed error names the field (``$.threshold``)
+            raise exc from None
         raise
     except RecursionError:
         raise too_deep() from None

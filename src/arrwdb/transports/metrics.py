@@ -4,7 +4,8 @@ port of its own (``metrics_port``, no key: bind it where only the scraper reache
 Per request, the middleware counts the answer (route template, method, status) and times it;
 everything else is read when scraped (``_Collector``): open WebSocket connections and SSE
 streams, events delivered, slow consumers cut, requests refused for the rate, API key
-refusals (counted in ``Runtime.counters`` as plain integers: no lock on the hot path), and what
+refusals, watch events delivered (counted in ``Runtime.counters`` as plain integers: no lock on
+the hot path), the live watches of each library, and what
 the service and its store measure of themselves (the last event applied, vectors per
 library's index, WAL fsync latency, follower lag). ``docs/operations.md`` lists every metric.
 """
@@ -140,9 +141,11 @@ class _Collector(Collector):
             yield counter
         try:
             measurements = runtime.service.measurements()
+            watches = _watches(runtime)
         except Exception:  # not started, or the store is away: the rest is still served
             logger.debug("no service measurements", exc_info=True)
             return
+        yield watches
         families: dict[str, Any] = {}
         for m in measurements:
             labels = [k for k, _ in m.labels]
@@ -159,6 +162,17 @@ class _Collector(Collector):
             else:
                 family.add_metric(label_values, m.value)
         yield from families.values()
+
+
+def _watches(runtime: Runtime) -> GaugeMetricFamily:
+    """The live watches (live queries) of each library in this process."""
+    family = GaugeMetricFamily(
+        "arrwdb_watches", "Live watches (live queries), by library.", labels=["library_id"]
+    )
+    watching = runtime.service.watching
+    for library in runtime.service.list_libraries():
+        family.add_metric([library.id], len(watching.list(library.id)))
+    return family
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import anyio
 from litestar import Request, Router, delete, get, patch, post
+from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPI, OpenAPIResponse
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Response
@@ -23,7 +24,7 @@ from litestar.response import Response
 from arrwdb.domain.access import Need
 from arrwdb.domain.errors import AlreadyExistsError, InvalidArgumentError, LimitExceededError
 from arrwdb.domain.limits import PAGE_LIMIT
-from arrwdb.transports import rest_documents
+from arrwdb.transports import rest_documents, rest_watches
 from arrwdb.transports._body import WireBody
 from arrwdb.transports._rest_common import (
     DOCUMENT,
@@ -34,7 +35,7 @@ from arrwdb.transports._rest_common import (
     MinEventId,
     write,
 )
-from arrwdb.transports.errors import ShuttingDown
+from arrwdb.transports.errors import PROBLEM_JSON, ShuttingDown
 from arrwdb.transports.guard import caller_of
 from arrwdb.transports.messages import (
     BackupIn,
@@ -52,6 +53,7 @@ from arrwdb.transports.messages import (
     LibraryList,
     LibraryOut,
     LibraryUpdate,
+    Problem,
     Readiness,
     SearchIn,
     SearchOut,
@@ -354,7 +356,19 @@ async def health(runtime: RuntimeDep) -> Health:
     return Health(status="ok", version=VERSION, event_id=str(runtime.service.last_event_id))
 
 
-@get("/v1/health/ready", tags=["health"])
+@get(
+    "/v1/health/ready",
+    tags=["health"],
+    responses={
+        503: ResponseSpec(
+            Problem,
+            generate_examples=False,
+            description="Not ready: the store cannot serve (`storage_error`), or the server is "
+            "shutting down (`shutting_down`).",
+            media_type=PROBLEM_JSON,
+        )
+    },
+)
 async def ready(runtime: RuntimeDep, request: Request[Any, Any, Any]) -> Readiness:
     """Readiness: the adapters can serve (503 with problem details otherwise)."""
     caller = caller_of(request.scope)
@@ -392,6 +406,7 @@ def router() -> Router:
             delete_document,
             search,
             *rest_documents.HANDLERS,
+            *rest_watches.HANDLERS,
             create_backup,
         ],
         dto=WireBody,

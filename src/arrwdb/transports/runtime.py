@@ -24,8 +24,8 @@ from arrwdb.domain.access import KeyRing
 from arrwdb.domain.errors import SubscriptionClosedError
 from arrwdb.domain.events import Event
 from arrwdb.domain.models import format_timestamp
-from arrwdb.domain.ports import Subscription
 from arrwdb.domain.service import VectorDBService
+from arrwdb.transports._watches import WatchOwners
 from arrwdb.transports.dispatch import Dispatcher, WriteGate
 from arrwdb.transports.envelopes import EventEnvelope, WSEvent
 from arrwdb.transports.limits import RateLimiter, StreamCounter
@@ -290,6 +290,12 @@ class FanOut:
                 self.discard(member)
 
 
+class Closable(Protocol):
+    """What an open SSE stream reads (a subscription, a watch listener): closed at drain."""
+
+    def close(self) -> None: ...
+
+
 class LineStream(Protocol):
     """An NDJSON stream as the drain sees it."""
 
@@ -348,6 +354,7 @@ class Counters:
 
     def __init__(self) -> None:
         self.delivered: Counter[str] = Counter()
+        self.watch_delivered: Counter[str] = Counter()
         self.slow_consumers: Counter[str] = Counter()
         self.rate_limited: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
@@ -360,6 +367,12 @@ class Counters:
                 "Events sent to clients, by transport.",
                 "transport",
                 self.delivered,
+            ),
+            (
+                "arrwdb_watch_events_delivered",
+                "Watch events (live queries) sent to clients, by transport.",
+                "transport",
+                self.watch_delivered,
             ),
             (
                 "arrwdb_slow_consumers_cut",
@@ -397,13 +410,16 @@ class Runtime:
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
         self.open_streams = StreamCounter(settings.max_streams_per_client)
         self.counters = Counters()
+        #: the watches each key has made (``max_watches_per_key``)
+        self.watch_owners = WatchOwners(settings.max_watches_per_key)
         #: the Prometheus text of this app's metrics (set by the app factory)
         self.metrics_exposition: Callable[[], bytes] | None = None
         self.frames = EventFrames()
         self.fanout = FanOut(self)
         self.connections = ConnectionRegistry()
-        #: the open SSE streams' subscriptions, and the library of each (None: every library)
-        self.streams: dict[Subscription, str | None] = {}
+        #: what the open SSE streams read (change subscriptions, watch listeners), and the
+        #: library of each (None: every library)
+        self.streams: dict[Closable, str | None] = {}
         #: the NDJSON streams being answered (told to stop reading at shutdown)
         self.line_streams: set[LineStream] = set()
         self.closing = False

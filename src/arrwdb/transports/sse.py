@@ -42,7 +42,7 @@ from arrwdb.domain.ports import Subscription
 from arrwdb.transports.errors import ShuttingDown
 from arrwdb.transports.guard import caller_of, client_of
 from arrwdb.transports.messages import encoder
-from arrwdb.transports.runtime import Runtime, RuntimeDep, envelope, sse_message
+from arrwdb.transports.runtime import Closable, Runtime, RuntimeDep, envelope, sse_message
 
 logger = logging.getLogger("arrwdb.sse")
 
@@ -122,29 +122,33 @@ def _open(
     return _EventStream(runtime, sub, library_id, caller, client)
 
 
-class _EventStream:
-    """The response: sends the subscription's events until the stream ends."""
+class SseStream:
+    """The sending side of one SSE response, shared by the change streams and the watch
+    streams (``rest_watches``): the headers, keep-alives, the send timeout (a client that does
+    not read is cut with a last ``stream.closed``), the client's disconnect noticed while
+    waiting, the stream counted in ``runtime.streams`` (closed at drain) and closed when its
+    API key is revoked. ``source`` is what the stream reads (closed when the stream ends);
+    a subclass sends its events in ``_pump`` and says what its last event is
+    (``_closed_message``)."""
 
     def __init__(
         self,
         runtime: Runtime,
-        sub: Subscription,
+        source: Closable,
         library_id: str | None,
         caller: Caller,
         client: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self._client = client
         self._runtime = runtime
-        self._sub = sub
+        self._source = source
         self._library_id = library_id
-        #: every event of its library, or only those of libraries the caller may read
-        self._everything = library_id is not None or caller.libraries is None
         self._caller = caller
+        self._headers = headers or []
         self._revoked = False
-        runtime.streams[sub] = library_id
+        runtime.streams[source] = library_id
         self._forget = runtime.opened_with(caller.key_id, self._revoke)
-        #: the id to resume from to get every event not sent yet
-        self._last_sent = sub.resume_from
         self._reason = "client went away"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,9 +161,7 @@ class _EventStream:
                         (b"content-type", EVENT_STREAM.encode()),
                         (b"cache-control", b"no-cache"),
                         (b"x-accel-buffering", b"no"),
-                        # where the stream starts: resuming from it misses nothing (a client
-                        # that loses the stream before its first event resumes from here)
-                        (b"arrwdb-event-id", self._last_sent.encode()),
+                        *self._headers,
                     ],
                 }
             )
@@ -176,14 +178,14 @@ class _EventStream:
             )
 
     def _release(self) -> None:  # once, when the response ends
-        self._runtime.streams.pop(self._sub, None)
+        self._runtime.streams.pop(self._source, None)
         self._runtime.open_streams.close(self._client)
         self._forget()
-        self._sub.close()
+        self._source.close()
 
     def _revoke(self) -> None:
         self._revoked = True
-        self._sub.close()
+        self._source.close()
 
     async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -193,6 +195,54 @@ class _EventStream:
     async def _pump(self, send: Send) -> bool:
         """Send events until the stream ends; False if the client stopped reading (then the
         response cannot be finished: the connection is dropped)."""
+        raise NotImplementedError
+
+    def _closed_message(self, reason: str) -> bytes:
+        """The last event, ``stream.closed`` with ``reason``."""
+        raise NotImplementedError
+
+    async def _send(self, send: Send, body: bytes) -> bool:
+        with anyio.move_on_after(self._runtime.settings.sse_send_timeout):
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            return True
+        self._reason = "slow consumer: not reading"
+        logger.info("SSE stream (library: %s): the client is not reading", self._library_id or "*")
+        await self._close(send, "slow_consumer", timeout=_LAST_SEND_TIMEOUT)
+        return False
+
+    async def _close(self, send: Send, reason: str, timeout: float | None = None) -> bool:
+        """Send the last event, ``stream.closed``; True if it went out."""
+        if reason == "slow_consumer":
+            self._runtime.counters.slow_consumers["sse"] += 1
+        body = self._closed_message(reason)
+        with anyio.move_on_after(timeout or self._runtime.settings.sse_send_timeout):
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            return True
+        return False
+
+
+class _EventStream(SseStream):
+    """The response of a change stream: sends the subscription's events until it ends."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        sub: Subscription,
+        library_id: str | None,
+        caller: Caller,
+        client: str,
+    ) -> None:
+        # where the stream starts: resuming from it misses nothing (a client that loses the
+        # stream before its first event resumes from here)
+        start = [(b"arrwdb-event-id", sub.resume_from.encode())]
+        super().__init__(runtime, sub, library_id, caller, client, start)
+        self._sub = sub
+        #: every event of its library, or only those of libraries the caller may read
+        self._everything = library_id is not None or caller.libraries is None
+        #: the id to resume from to get every event not sent yet
+        self._last_sent = sub.resume_from
+
+    async def _pump(self, send: Send) -> bool:
         sub = self._sub
         keepalive = self._runtime.settings.sse_keepalive
         frames = self._runtime.frames
@@ -224,30 +274,14 @@ class _EventStream:
             self._last_sent = event.id
             delivered["sse"] += 1
 
-    async def _send(self, send: Send, body: bytes) -> bool:
-        with anyio.move_on_after(self._runtime.settings.sse_send_timeout):
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-            return True
-        self._reason = "slow consumer: not reading"
-        logger.info("SSE stream (library: %s): the client is not reading", self._library_id or "*")
-        await self._close(send, "slow_consumer", timeout=_LAST_SEND_TIMEOUT)
-        return False
-
-    async def _close(self, send: Send, reason: str, timeout: float | None = None) -> bool:
-        """Send the last event, ``stream.closed``; True if it went out."""
-        if reason == "slow_consumer":
-            self._runtime.counters.slow_consumers["sse"] += 1
+    def _closed_message(self, reason: str) -> bytes:
         closed = Event(
             id=self._last_sent,
             type=STREAM_CLOSED,
             library_id=self._library_id,
             data={"reason": reason, "last_id": self._last_sent},
         )
-        body = _message(closed)
-        with anyio.move_on_after(timeout or self._runtime.settings.sse_send_timeout):
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-            return True
-        return False
+        return _message(closed)
 
 
 def _message(event: Event) -> bytes:

@@ -14,7 +14,9 @@ the document of that id); if the commit is refused because of one document, the 
 is retried document by document so that only the bad lines fail. A bad line is reported
 (``{"line": n, "success": false, "error", "code", "field"?}``) and skipped; the stream goes on,
 and ends with ``{"summary": {"received", "added", "failed", "took_ms"}}``. A line longer than
-``settings.max_body_bytes`` is answered with ``payload_too_large`` and skipped.
+``settings.max_body_bytes`` is answered with ``payload_too_large`` and skipped. A client that
+does not take its answers for ``settings.ndjson_send_timeout`` seconds is dropped (and counted
+in ``arrwdb_slow_consumers_cut``).
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ class _LineStream:
         with anyio.move_on_after(self.runtime.settings.ndjson_send_timeout):
             await send({"type": "http.response.body", "body": body, "more_body": True})
             return True
+        self.runtime.counters.slow_consumers["ndjson"] += 1
         logger.info(
             "NDJSON stream (library %s) dropped: the client has not read its answers for %g s",
             self.library_id,

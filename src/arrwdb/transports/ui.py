@@ -1,6 +1,7 @@
 """The dashboard: ``GET /ui``, a page of plain JavaScript shipped in the package (no build,
 nothing from another origin) that shows the libraries, the live event feed (SSE
-``/v1/events``), a search box and the connection statistics.
+``/v1/events``), a search box whose results stay current (a watch of the query, deleted when the
+page is left or searches again) and the connection statistics.
 
 The page and its files hold no data, so the guard serves them without a key
 (:data:`PUBLIC_PAGES`, :data:`PUBLIC_FILES`); everything it shows is fetched by the page from

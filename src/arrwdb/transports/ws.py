@@ -33,6 +33,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -51,6 +52,7 @@ from arrwdb.domain.errors import (
 )
 from arrwdb.domain.ports import Subscription
 from arrwdb.domain.validation import utf8_length
+from arrwdb.transports._ws_watches import Frame, SocketWatches
 from arrwdb.transports.convert import wants_embedding
 from arrwdb.transports.dispatch import ACTIONS
 from arrwdb.transports.envelopes import (
@@ -58,6 +60,8 @@ from arrwdb.transports.envelopes import (
     SubscribeRequest,
     SubscriptionState,
     UnsubscribeRequest,
+    UnwatchRequest,
+    WatchRequest,
     WSRequest,
     WSResponse,
     WSSystem,
@@ -92,9 +96,9 @@ def _reason(text: str) -> str:
     return text.encode()[:120].decode(errors="ignore")
 
 
-#: What the outbound queue holds: a frame, and the id of the event it carries (None for
-#: responses and the welcome).
-_Frame = tuple[str, str | None]
+#: What the outbound queue holds: a frame, the id of the change event it carries (None for
+#: responses, the welcome and watch events), and whether it is a watch event.
+_Frame = Frame
 
 
 def _weigh(item: _Frame) -> int:
@@ -162,6 +166,8 @@ class _Connection:
         self._writer_done = anyio.Event()
         self._finished = anyio.Event()
         self._tg: TaskGroup | None = None
+        #: the socket's watches (live queries), drained by the pump before change events
+        self._watches = SocketWatches(self, runtime)
 
     @property
     def subscribed(self) -> bool:
@@ -181,7 +187,8 @@ class _Connection:
                     connection_id=self.connection_id,
                     event_id=str(self._runtime.service.last_event_id),
                 )
-                self._out.send_nowait((_frame(welcome), None))  # the first frame, before any event
+                # the first frame, before any event
+                self._out.send_nowait((_frame(welcome), None, False))
                 tg.start_soon(self._write_loop)
                 await self._start_pump(sub)
                 async with anyio.create_task_group() as workers:
@@ -200,6 +207,8 @@ class _Connection:
             self._close = self._close or (1011, "internal error")
         finally:
             self._stop_pump()
+            with anyio.CancelScope(shield=True):
+                await self._watches.close()
         try:
             if not self._disconnected:
                 code, reason = self._close or (1000, "")
@@ -273,6 +282,9 @@ class _Connection:
             await self._subscribe(request)
         elif isinstance(request, UnsubscribeRequest):
             await self._unsubscribe(request)
+        elif isinstance(request, WatchRequest | UnwatchRequest):
+            await self._slots.acquire()
+            workers.start_soon(self._serve_watch, request)
         else:
             await self._slots.acquire()
             weight = await self._reserve(self._estimate(request))
@@ -341,12 +353,26 @@ class _Connection:
             self._release(weight)
             self._slots.release()
 
+    async def _serve_watch(self, request: WatchRequest | UnwatchRequest) -> None:
+        try:
+            await self._watches.serve(request)
+        finally:
+            self._slots.release()
+
+    def start_soon(self, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``task`` with the connection (cancelled when it ends)."""
+        assert self._tg is not None
+        self._tg.start_soon(task)
+
+    async def answer(self, frame: str) -> None:
+        await self._answer(frame)
+
     async def _answer(self, frame: str) -> None:
         """Queue a response, waiting for room at most ``ws_send_timeout`` seconds: a client
         that sends requests and does not read the answers is closed (4008)."""
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             with anyio.move_on_after(self._send_timeout):
-                await self._out.send((frame, None))
+                await self._out.send((frame, None, False))
                 return
             self._runtime.fanout.discard(self)
             self._request_close(
@@ -386,6 +412,7 @@ class _Connection:
         await self._send(
             _frame(WSResponse(request_id=request.request_id, success=True, data=state))
         )
+        self.pump()  # the watches' events go on
 
     async def _start_pump(self, sub: Subscription) -> None:
         assert self._tg is not None
@@ -406,23 +433,32 @@ class _Connection:
         """Move the events the subscription holds in memory to the outbound queue, without
         waiting: called by ``runtime.fanout`` after each publish (one task for every
         connection), each event's frame encoded once for all subscribers (``runtime.frames``).
-        When the queue is full, or the next events must be read from the store's log, a task
-        of the connection takes over (``_pump_slowly``) and hands back once caught up;
-        meanwhile the fan-out skips this connection."""
-        sub = self._sub
-        if sub is None or self._pump_scope is not None:
-            return  # not subscribed, or the slow path is running
-        frames = self._runtime.frames
+        Before each change event, the watch events held are queued (``_ws_watches``: a client
+        that sees change ``N`` has every watch event it caused). When the queue is full, or
+        the next events must be read from the store's log, a task of the connection takes
+        over (``_pump_slowly``) and hands back once caught up; meanwhile the fan-out skips
+        this connection."""
+        if self._pump_scope is not None:
+            return  # the slow path is running
+        out, watches, frames = self._out, self._watches, self._runtime.frames
         try:
-            while True:
+            if not watches.drain_nowait(out.send_nowait):
+                self._slow_path(None)
+                return
+            sub = self._sub
+            while sub is not None and not watches.registering:
                 event = sub.poll()
                 if event is None:
                     if sub.behind:
                         self._slow_path(None)
                     return
-                frame = (frames.ws(event), event.id)
+                frame = (frames.ws(event), event.id, False)
+                # the watch events this change caused are in their feeds: they go first
+                if not watches.drain_nowait(out.send_nowait):
+                    self._slow_path(frame)
+                    return
                 try:
-                    self._out.send_nowait(frame)
+                    out.send_nowait(frame)
                 except anyio.WouldBlock:
                     self._slow_path(frame)
                     return
@@ -438,19 +474,23 @@ class _Connection:
         self._tg.start_soon(self._pump_slowly, frame, scope)
 
     async def _pump_slowly(self, frame: _Frame | None, scope: anyio.CancelScope) -> None:
-        """Wait for room (``frame`` first), read the log where the subscription must, then
-        hand back to the fan-out."""
+        """Wait for room (the watch events held, then ``frame``), read the log where the
+        subscription must, then hand back to the fan-out."""
         sub = self._sub
-        frames = self._runtime.frames
+        frames, watches = self._runtime.frames, self._watches
         with scope:
             try:
+                if not await watches.drain(self._put):
+                    return
                 if frame is not None and not await self._put(frame):
                     return
-                while sub is not None:
+                while sub is not None and not watches.registering:
                     event = await sub.aget(timeout=0)  # what is kept, the log included
                     if event is None:
                         break
-                    if not await self._put((frames.ws(event), event.id)):
+                    if not await watches.drain(self._put):
+                        return
+                    if not await self._put((frames.ws(event), event.id, False)):
                         return
             except SubscriptionClosedError as exc:
                 self._stream_ended(exc)
@@ -490,17 +530,20 @@ class _Connection:
     async def _send(self, frame: str) -> None:
         # closing: the answer has nowhere to go
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await self._out.send((frame, None))
+            await self._out.send((frame, None, False))
 
     async def _write_loop(self) -> None:
         try:
             async with self._out:
                 delivered = self._runtime.counters.delivered
-                async for frame, event_id in self._out:
+                watch_delivered = self._runtime.counters.watch_delivered
+                async for frame, event_id, watch in self._out:
                     await self._socket.send_data(frame)
                     if event_id is not None:
                         self._last_sent = event_id
                         delivered["websocket"] += 1
+                    elif watch:
+                        watch_delivered["websocket"] += 1
         except anyio.get_cancelled_exc_class():
             raise
         except Exception:  # the client went away mid-send

@@ -7,12 +7,11 @@ and its reading methods (``_next_locked``, ``_fetch``), which only they call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from arrwdb.domain._doorbell import resolve
 from arrwdb.domain.errors import SubscriptionClosedError
 from arrwdb.domain.events import Event
 
@@ -159,25 +158,3 @@ class LocalSubscription:
     def close(self) -> None:
         if not self._closed:
             self._hub._unsubscribe(self)
-
-
-def wake(waiters: dict[asyncio.AbstractEventLoop, set[asyncio.Future[None]]]) -> None:
-    if not waiters:
-        return
-    try:
-        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        current = None
-    for loop, futures in waiters.items():
-        if loop is current:
-            resolve(futures)
-        else:
-            # a closed loop raises RuntimeError: its waiters are gone with it
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(resolve, futures)
-
-
-def resolve(futures: Iterable[asyncio.Future[None]]) -> None:
-    for fut in futures:
-        if not fut.done():
-            fut.set_result(None)

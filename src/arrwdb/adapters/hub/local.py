@@ -35,7 +35,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from arrwdb.adapters.hub._subscription import LocalSubscription, resolve, wake
+from arrwdb.adapters.hub._subscription import LocalSubscription
+from arrwdb.domain._doorbell import ring, wake
 from arrwdb.domain.errors import HistoryLostError, SlowConsumerError, SubscriptionClosedError
 from arrwdb.domain.events import Event, StartPoint, stream_reset
 from arrwdb.domain.ports import EventHistory
@@ -238,12 +239,9 @@ class LocalEventHub:
             if remaining is not None and remaining <= 0:
                 self._drop_async_waiter(fut)
                 return self._last
-            timer = None if remaining is None else loop.call_later(remaining, resolve, (fut,))
             try:
-                await fut
+                await ring(fut, remaining)
             finally:
-                if timer is not None:
-                    timer.cancel()
                 self._drop_async_waiter(fut)
 
     def statistics(self) -> HubStatistics:

@@ -154,10 +154,16 @@ def _exact_l2(q: Matrix, vectors: Matrix, rows: _Rows, budget_bytes: int) -> Sco
     return out
 
 
-def _adoptable(array: npt.NDArray[np.generic], dtype: type[np.generic]) -> bool:
-    """An array an index may keep as its own storage: its own memory, writeable, C-ordered."""
+def _adoptable(
+    array: npt.NDArray[np.generic], dtype: type[np.generic], given: bool = False
+) -> bool:
+    """An array an index may keep as its own storage: writeable, C-ordered, and its own
+    memory (or ``given`` away by its caller: ``np.load``'s arrays are views of a buffer only
+    they hold)."""
     flags = array.flags
-    return bool(array.dtype == dtype and flags.c_contiguous and flags.writeable and flags.owndata)
+    return bool(
+        array.dtype == dtype and flags.c_contiguous and flags.writeable and (flags.owndata or given)
+    )
 
 
 def _strictly_increasing(labels: Labels) -> bool:
@@ -213,7 +219,8 @@ class ExactIndex:
     def __repr__(self) -> str:
         return f"ExactIndex(dimension={self._dimension}, metric={self._metric!r}, len={self._n})"
 
-    def add(self, labels: Labels, vectors: Matrix) -> None:
+    def add(self, labels: Labels, vectors: Matrix, *, link: bool = True) -> None:
+        del link  # (no graph: every add is whole at once)
         if len(labels) == 0:
             return
         prepared = _prepare_vectors(np.atleast_2d(vectors), self._metric)
@@ -238,6 +245,9 @@ class ExactIndex:
         self._row_labels[rows] = labels
         self._n = n
         self._lookup = None
+
+    def link(self) -> None:
+        """Nothing to do: an exact index has no graph."""
 
     def remove(self, labels: Labels) -> None:
         data, sq_norms, row_labels = self._data, self._sq_norms, self._row_labels
@@ -299,6 +309,11 @@ class ExactIndex:
             budget_bytes=self._budget,
         )
 
+    def search_exact(
+        self, queries: Matrix, k: int, *, allowed: Labels | None = None
+    ) -> tuple[Labels, Scores]:
+        return self.search(queries, k, allowed=allowed)
+
     def export(self) -> tuple[Labels, Matrix]:
         """Every live label and its vector as stored (normalised under ``cosine``), in row
         order: read-only views, valid until the next ``add`` or ``remove``."""
@@ -307,16 +322,26 @@ class ExactIndex:
         return labels, data
 
     @classmethod
-    def restore(cls, dimension: int, metric: Metric, labels: Labels, stored: Matrix) -> ExactIndex:
+    def restore(
+        cls,
+        dimension: int,
+        metric: Metric,
+        labels: Labels,
+        stored: Matrix,
+        *,
+        adopt: bool = False,
+    ) -> ExactIndex:
         """An index holding ``stored[i]`` under ``labels[i]``, vectors as ``export`` gave them
-        (already normalised: not prepared again, so they come back bit for bit)."""
+        (already normalised: not prepared again, so they come back bit for bit). ``adopt``:
+        the arrays are the caller's to give away (as ``np.load`` returns them, whose memory
+        no one else holds), kept without a copy when their type and layout allow."""
         if stored.shape != (len(labels), dimension) or len(set(labels.tolist())) != len(labels):
             raise ValueError("labels and vectors do not match, or a label repeats")
         n = len(labels)
         index = cls(dimension, metric, initial_capacity=1)
         # take over arrays that are ours to change (as np.load returns them): no copy of
         # what may be hundreds of MiB; anything else is copied
-        if _adoptable(stored, np.float32) and _adoptable(labels, np.int64):
+        if _adoptable(stored, np.float32, adopt) and _adoptable(labels, np.int64, adopt):
             index._data, index._row_labels = stored, labels
         else:
             index._data = np.array(stored, dtype=np.float32, order="C")

@@ -16,15 +16,22 @@ What it promises, beyond the ``VectorIndex`` port:
   far too slow for the exact scans below.
 * Filtered search is planned by selectivity. When few labels are allowed (at most
   ``max(2000, 2% of the live count)``), it is an exact brute-force scan of those vectors, so the
-  result is the true ``k`` best among them. Otherwise it is a graph search that only admits
-  allowed labels (hnswlib's ``filter``, with a doubled ``ef``); if that cannot fill ``k`` results,
-  it falls back to the exact scan. An unfiltered search that hnswlib cannot fill (a graph cut
+  result is the true ``k`` best among them. When many are (a filter that keeps a fraction ``f``
+  with ``2 k / f <= 400``), it is an unfiltered graph search for ``2 k / f`` results (at least
+  that ``ef``) of which the best allowed ``k`` are kept: no Python call per candidate. In
+  between, it is a graph search that only admits allowed labels (hnswlib's ``filter``, with a
+  doubled ``ef``). A row either cannot fill falls back: the widened one to the filtered graph
+  search, that one to the exact scan. An unfiltered search that hnswlib cannot fill (a graph cut
   apart by deletions) falls back to an exact scan of every live vector.
 * ``ef`` is global to an hnswlib index, but hnswlib searches with ``max(its ef, k)``. So the
   graph's own ``ef`` is kept at 1 and every search asks for ``max(ef, k)`` results (never more
   than are live) and keeps the best ``k``: the same search as ``set_ef(ef)``, touching no shared
   state and taking no lock, so all searches (filtered or not, any ``ef``) run in parallel
   (hnswlib releases the GIL).
+* ``add(..., link=False)`` stores the vectors at once (exact scans, ``get_vectors`` and ``len``
+  see them) and leaves the graph insertion for ``link()`` (also done first by ``search``,
+  ``remove``, ``save`` and the next ``add``): the projector scores a batch for live queries in
+  between, under the library's write lock.
 * Labels must be non-negative (hnswlib labels are unsigned).
 * ``save(directory)`` writes the graph (hnswlib's own format, deleted marks included) and the
   exact copy (``.npy``); ``load`` reads them back into the same index, with no rebuild.
@@ -32,6 +39,8 @@ What it promises, beyond the ``VectorIndex`` port:
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,10 +65,21 @@ _BRUTE_FORCE_FRACTION = 0.02
 #: the graph is sparser. Measured (20k clustered 128-d, only far clusters allowed): recall@10
 #: 0.92 at ef 64, 0.97 at 128, for ~35% more time.
 _FILTER_EF_FACTOR = 2
+#: A filter that keeps a large part of the index is applied after an unfiltered graph search
+#: for ``_POST_FILTER_WIDTH * k / kept fraction`` results (searched with at least that ef):
+#: the allowed best ``k`` are among them (a row that finds fewer falls back to the filtered
+#: graph search). Not past ``_POST_FILTER_MAX`` results: a narrower filter is searched in the
+#: graph (hnswlib calls Python per candidate there) or scanned.
+_POST_FILTER_WIDTH = 2.0
+_POST_FILTER_MAX = 400
 #: The files of a saved index, in its directory.
 GRAPH_FILE = "graph.hnsw"
 LABELS_FILE = "labels.npy"
 VECTORS_FILE = "vectors.npy"
+
+
+def _ascending(labels: Labels) -> bool:
+    return len(labels) < 2 or bool((labels[1:] > labels[:-1]).all())
 
 
 class HnswIndex:
@@ -98,6 +118,9 @@ class HnswIndex:
         # labels removed from the graph (marked deleted) that may still hold a slot in it: a
         # label in neither this nor the live set is new to the graph and may take a free slot
         self._removed: set[int] = set()
+        #: an add whose graph work waits for link(): (labels, vectors, known positions)
+        self._unlinked: tuple[Labels, Matrix, list[int]] | None = None
+        self._linking = threading.Lock()
 
     @classmethod
     def load(
@@ -124,13 +147,14 @@ class HnswIndex:
         graph.set_ef(1)
         index._graph = graph
         index._removed = set(in_graph.tolist()) - set(labels.tolist())
-        stored = np.ascontiguousarray(vectors)
-        index._vectors = ExactIndex.restore(dimension, metric, labels, stored)
+        # np.load's arrays are this call's alone: the exact copy takes them over as they are
+        index._vectors = ExactIndex.restore(dimension, metric, labels, vectors, adopt=True)
         return index
 
     def save(self, directory: Path) -> list[Path]:
         """Write the index into the existing ``directory`` (see ``load``); return the files
         written. The caller makes them durable and guarantees no concurrent ``add``/``remove``."""
+        self.link()
         labels, vectors = self._vectors.export()
         files = [directory / GRAPH_FILE, directory / LABELS_FILE, directory / VECTORS_FILE]
         self._graph.save_index(str(files[0]))
@@ -162,42 +186,64 @@ class HnswIndex:
             f"len={len(self)}, params={self._params!r})"
         )
 
-    def add(self, labels: Labels, vectors: Matrix) -> None:
+    def add(self, labels: Labels, vectors: Matrix, *, link: bool = True) -> None:
         if len(labels) == 0:
             return
         vectors = np.atleast_2d(vectors)
         labels = np.asarray(labels)
+        self.link()  # an add waiting for its graph work goes first
+        keys = labels.tolist()
+        removed = self._removed
+        known = [i for i, label in enumerate(keys) if label in self._vectors or label in removed]
+        if link:
+            self._link(labels, vectors, known)
+            self._vectors.add(labels, vectors)
+        else:  # the vectors now (exact scans see them), the graph at link()
+            self._vectors.add(labels, vectors)
+            self._unlinked = (labels, vectors, known)
+
+    def link(self) -> None:
+        """Put the vectors of an ``add(..., link=False)`` in the graph."""
+        if self._unlinked is None:
+            return
+        with self._linking:  # (searches link too, as a guard: one of them does it)
+            waiting, self._unlinked = self._unlinked, None
+            if waiting is not None:
+                self._link(*waiting)
+
+    def _link(self, labels: Labels, vectors: Matrix, known: list[int]) -> None:
+        """The graph's part of an add; ``known``: the positions of labels the index held or
+        removed before it."""
         # An upper bound: labels that reuse a slot need none, but counting them is harmless.
         needed = self._graph.element_count + len(labels)
         capacity = self._graph.max_elements
         if needed > capacity:
             self._graph.resize_index(max(needed, 2 * capacity))
-        keys = labels.tolist()
         removed = self._removed
-        known = [i for i, label in enumerate(keys) if label in self._vectors or label in removed]
         if not known:  # the usual case: new labels, which take deleted slots first
             self._graph.add_items(vectors, labels, self._add_threads, True)
-        else:
-            # replace_deleted must not be given a label the graph still holds, and hnswlib
-            # updates a deleted label only once it is unmarked
-            fresh = np.ones(len(keys), dtype=np.bool_)
-            for i in known:
-                label = keys[i]
-                if label in removed:
-                    removed.discard(label)
-                    try:
-                        self._graph.unmark_deleted(label)
-                    except RuntimeError:  # its slot went to another label: new again
-                        continue
-                fresh[i] = False
-            held = ~fresh
-            if held.any():
-                self._graph.add_items(vectors[held], labels[held], self._add_threads, False)
-            if fresh.any():
-                self._graph.add_items(vectors[fresh], labels[fresh], self._add_threads, True)
-        self._vectors.add(labels, vectors)
+            return
+        # replace_deleted must not be given a label the graph still holds, and hnswlib
+        # updates a deleted label only once it is unmarked
+        keys = labels.tolist()
+        fresh = np.ones(len(keys), dtype=np.bool_)
+        for i in known:
+            label = keys[i]
+            if label in removed:
+                removed.discard(label)
+                try:
+                    self._graph.unmark_deleted(label)
+                except RuntimeError:  # its slot went to another label: new again
+                    continue
+            fresh[i] = False
+        held = ~fresh
+        if held.any():
+            self._graph.add_items(vectors[held], labels[held], self._add_threads, False)
+        if fresh.any():
+            self._graph.add_items(vectors[fresh], labels[fresh], self._add_threads, True)
 
     def remove(self, labels: Labels) -> None:
+        self.link()
         live = [label for label in labels.tolist() if label in self._vectors]
         for label in live:
             self._graph.mark_deleted(label)
@@ -220,6 +266,7 @@ class HnswIndex:
         allowed: Labels | None = None,
         ef: int | None = None,
     ) -> tuple[Labels, Scores]:
+        self.link()
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
@@ -233,18 +280,60 @@ class HnswIndex:
                 return self._graph_search(q, k, kk, wanted_ef, live, None)
             except RuntimeError:  # hnswlib found fewer than asked for: scan instead
                 return self._vectors.search(q, k)
-        candidates = self._vectors.present(allowed)
+        # (labels that are not in the index are never found: no need to look them up here)
+        candidates = allowed if _ascending(allowed) else np.unique(allowed)
         kk = min(k, len(candidates))
         if kk <= 0:
             return padded(len(q), k)
         if len(candidates) <= max(_BRUTE_FORCE_MAX, _BRUTE_FORCE_FRACTION * live):
             return self._vectors.search(q, k, allowed=candidates)
+        width = math.ceil(_POST_FILTER_WIDTH * kk * live / len(candidates))
+        if width <= _POST_FILTER_MAX:
+            return self._post_filtered(q, k, kk, max(wanted_ef, width), width, candidates)
+        return self._filtered(q, k, kk, wanted_ef, candidates)
+
+    def _filtered(
+        self, q: Matrix, k: int, kk: int, ef: int, candidates: Labels
+    ) -> tuple[Labels, Scores]:
+        """A graph search that admits only ``candidates`` (sorted live labels)."""
         admitted = set(candidates.tolist())
-        widened = _FILTER_EF_FACTOR * max(wanted_ef, kk)
+        widened = _FILTER_EF_FACTOR * max(ef, kk)
         try:
             return self._graph_search(q, k, kk, widened, len(candidates), admitted.__contains__)
         except RuntimeError:
             return self._vectors.search(q, k, allowed=candidates)
+
+    def _post_filtered(
+        self, q: Matrix, k: int, kk: int, ef: int, width: int, candidates: Labels
+    ) -> tuple[Labels, Scores]:
+        """An unfiltered graph search for ``width`` results, of which the best ``kk`` allowed
+        are kept; a row with fewer is searched again with the filter in the graph."""
+        try:
+            found, scores = self._graph_search(q, width, width, ef, len(self._vectors), None)
+        except RuntimeError:
+            return self._filtered(q, k, kk, ef, candidates)
+        at = np.minimum(np.searchsorted(candidates, found), len(candidates) - 1)
+        allowed = candidates[at] == found
+        labels, out = padded(len(q), k)
+        short: list[int] = []
+        for row in range(len(q)):
+            keep = np.flatnonzero(allowed[row])[:kk]
+            if len(keep) < kk:
+                short.append(row)
+                continue
+            labels[row, :kk] = found[row, keep]
+            out[row, :kk] = scores[row, keep]
+        if short:
+            again_labels, again_scores = self._filtered(q[short], k, kk, ef, candidates)
+            labels[short], out[short] = again_labels, again_scores
+        return labels, out
+
+    def search_exact(
+        self, queries: Matrix, k: int, *, allowed: Labels | None = None
+    ) -> tuple[Labels, Scores]:
+        """A scan of the vectors the graph is built from (not the graph): exact."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        return self._vectors.search(q if q.ndim == 2 else q[None, :], k, allowed=allowed)
 
     def get_vectors(self, labels: Labels) -> Matrix:
         """The stored vectors; raises ``KeyError`` for a label that is not live."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 
+from arrwdb.adapters.storage._segments import replace_durably
 from arrwdb.domain.errors import StorageError
 from arrwdb.domain.models import AccessLevel, ApiKey
 
@@ -85,18 +86,7 @@ class FileKeys:
             FORMAT,
             [_Key(k.id, k.name, list(k.libraries), k.access, k.created_at, k.digest) for k in keys],
         )
-        temporary = self._path.with_suffix(".json.tmp")
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            with open(temporary, "wb") as out:
-                out.write(msgspec.json.encode(body))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self._path)
-            directory = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            replace_durably(self._path, msgspec.json.encode(body))
         except OSError as exc:
             raise StorageError(f"cannot save the API keys ({FILE_NAME}): {exc.strerror}") from None

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import psycopg
+import psycopg.sql
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -30,6 +31,78 @@ def masked(url: str) -> str:
     db = params.get("dbname", "")
     secret = ":***" if "password" in params else ""
     return f"postgresql://{user}{secret}@{host}{':' if port else ''}{port}/{db}"
+
+
+class SideTable:
+    """One table of the store's schema kept beside the log (API keys, watches): one
+    connection, opened on first use (creating the schema and the table, one server at a time)
+    and again after a failure. Every failure is a ``StorageError`` naming ``what``."""
+
+    def __init__(
+        self, url: str, schema: str, ddl: str, what: str, application: str, timeout: float
+    ) -> None:
+        self._url = url
+        self.schema = psycopg.sql.Identifier(schema)
+        self._lock_name = f"arrwdb:{schema}"
+        self._ddl = ddl
+        self._what = what
+        self._application = application
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def run(self, statement: str, params: tuple[Any, ...], fetch: bool = False) -> list[Any]:
+        """Execute ``statement`` (``{schema}`` stands for the schema); the rows with
+        ``fetch``. Tried once more on a new connection if the old one broke."""
+        query = psycopg.sql.SQL(statement).format(schema=self.schema)
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    conn = self._connection()
+                    with conn.cursor() as cur:
+                        cur.execute(query, params)
+                        return cur.fetchall() if fetch else []
+                except psycopg.OperationalError as exc:
+                    self._drop()
+                    if attempt == 2:
+                        raise StorageError(
+                            f"cannot reach PostgreSQL at {masked(self._url)} for the "
+                            f"{self._what}: {exc}"
+                        ) from None
+                except psycopg.Error as exc:
+                    raise StorageError(f"the {self._what} table failed: {exc}") from None
+        return []
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(
+                self._url,
+                autocommit=True,
+                connect_timeout=max(1, int(self._timeout)),
+                application_name=self._application,
+            )
+            with conn.transaction():  # one server at a time, as the store's own tables
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_name,))
+                conn.execute(
+                    psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {schema}").format(
+                        schema=self.schema
+                    )
+                )
+                conn.execute(psycopg.sql.SQL(self._ddl).format(schema=self.schema))
+            self._conn = conn
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
 
 
 class Connections:

@@ -48,6 +48,19 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def replace_durably(path: Path, data: bytes) -> None:
+    """Make ``data`` the content of ``path``, all or nothing, and durably: written to
+    ``<path>.tmp``, fsynced, renamed over ``path``, the directory fsynced. Raises ``OSError``."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(temporary, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
+
+
 class SegmentFile:
     """An open segment: the only place the log writes to the OS.
 
