@@ -108,3 +108,23 @@ def test_a_filter_far_from_the_query_still_finds_good_neighbours(setup: Setup) -
     r = recall(found, truth)
     print(f"[{setup.metric}] filtered ({len(allowed)} far labels) recall@{K} = {r:.4f}")
     assert r >= 0.9
+
+
+def test_allowed_labels_kept_between_searches_are_only_read_only_ones(setup: Setup) -> None:
+    """The index keeps a read-only allowed array's search forms for the next searches; a
+    writeable one may change under the same id, so it is read afresh every time."""
+    rng = np.random.default_rng(3)
+    half = np.sort(rng.choice(N, size=N // 2, replace=False)).astype(np.int64)
+    kept = half.copy()
+    kept.flags.writeable = False
+    for _ in range(2):  # the second search uses the kept forms
+        found, _ = setup.hnsw.search(setup.queries, K, allowed=kept)
+        assert set(found.ravel().tolist()) <= set(half.tolist())
+    truth, _ = setup.exact.search(setup.queries, K, allowed=half)
+    assert recall(found, truth) >= 0.95
+    editable = half.copy()
+    setup.hnsw.search(setup.queries, K, allowed=editable)
+    other = np.setdiff1d(np.arange(N, dtype=np.int64), half)  # the other half
+    editable[:] = other  # the same array object, other labels
+    found, _ = setup.hnsw.search(setup.queries, K, allowed=editable)
+    assert set(found.ravel().tolist()) <= set(other.tolist())

@@ -61,6 +61,7 @@ skip evaluation altogether), and an operator on a plain ``str``/``int``/``float`
 from __future__ import annotations
 
 import operator
+import threading
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Final
@@ -116,11 +117,31 @@ def compile_filter(spec: Mapping[str, Any] | None) -> Predicate:
     """
     if spec is None:
         return MATCH_ALL
+    # A plain dict's repr names every key, operator and operand with its type (1, 1.0, True
+    # and "1" differ), so equal reprs are the same filter: the predicate is kept for it.
+    key = repr(spec) if type(spec) is dict else None
+    if key is not None:
+        kept = _COMPILED.get(key)
+        if kept is not None:
+            return kept
     predicate = _compile(spec, set(), 0)
     if predicate is not MATCH_ALL and predicate is not _match_none:
         # the same filter as a vectorised plan, for evaluating it over a whole library
         setattr(predicate, _PLAN, plan_filter(spec))
+    if key is not None and len(key) <= _COMPILED_KEY_MAX:
+        with _COMPILED_LOCK:  # (searches compile in parallel)
+            while len(_COMPILED) >= _COMPILED_KEPT:
+                _COMPILED.pop(next(iter(_COMPILED)))
+            _COMPILED[key] = predicate
     return predicate
+
+
+#: The predicates of the last filters compiled (predicates are pure functions, so one serves
+#: every search given an equal filter), by the filter's repr; longer filters are not kept.
+_COMPILED: Final[dict[str, Predicate]] = {}
+_COMPILED_KEPT: Final = 256
+_COMPILED_KEY_MAX: Final = 4096
+_COMPILED_LOCK: Final = threading.Lock()
 
 
 def plan_of(predicate: Predicate) -> Plan | None:

@@ -23,6 +23,10 @@ What it promises, beyond the ``VectorIndex`` port:
   doubled ``ef``). A row either cannot fill falls back: the widened one to the filtered graph
   search, that one to the exact scan. An unfiltered search that hnswlib cannot fill (a graph cut
   apart by deletions) falls back to an exact scan of every live vector.
+* A read-only ``allowed`` array (a library hands every search with one filter the same one
+  until a write) is kept, for the last few filters, in the forms the searches use: sorted, a
+  lookup table the widened search tests its candidates with, and the set hnswlib's filter calls.
+  A writeable array is read afresh every search (it could change under the same id).
 * ``ef`` is global to an hnswlib index, but hnswlib searches with ``max(its ef, k)``. So the
   graph's own ``ef`` is kept at 1 and every search asks for ``max(ef, k)`` results (never more
   than are live) and keeps the best ``k``: the same search as ``set_ef(ef)``, touching no shared
@@ -72,6 +76,8 @@ _FILTER_EF_FACTOR = 2
 #: graph (hnswlib calls Python per candidate there) or scanned.
 _POST_FILTER_WIDTH = 2.0
 _POST_FILTER_MAX = 400
+#: How many filters' allowed labels an index keeps in their search forms (``_Allowed``).
+_ALLOWED_KEPT = 8
 #: The files of a saved index, in its directory.
 GRAPH_FILE = "graph.hnsw"
 LABELS_FILE = "labels.npy"
@@ -80,6 +86,35 @@ VECTORS_FILE = "vectors.npy"
 
 def _ascending(labels: Labels) -> bool:
     return len(labels) < 2 or bool((labels[1:] > labels[:-1]).all())
+
+
+class _Allowed:
+    """A filter's allowed labels in the forms the graph searches use: sorted, a lookup table
+    (for the candidates of a post-filtered search) and a set (for hnswlib's filter callable),
+    the last two made when first needed. Kept for the next searches given the same read-only
+    array: a library hands every search with one filter the same array until a write."""
+
+    __slots__ = ("_set", "_table", "given", "labels")
+
+    def __init__(self, given: Labels) -> None:
+        self.given = given  # (held: its id is the cache key)
+        self.labels: Labels = given if _ascending(given) else np.unique(given)
+        self._table: npt.NDArray[np.bool_] | None = None
+        self._set: set[int] | None = None
+
+    def admitted(self, found: Labels) -> npt.NDArray[np.bool_]:
+        """Which of ``found`` (non-negative labels, any shape) are allowed."""
+        table = self._table
+        if table is None:  # one entry per label up to the largest allowed, then one False
+            table = np.zeros(int(self.labels[-1]) + 2, dtype=np.bool_)
+            table[self.labels] = True
+            self._table = table
+        return table[np.minimum(found, len(table) - 1)]
+
+    def contains(self) -> Callable[[int], bool]:
+        if self._set is None:
+            self._set = set(self.labels.tolist())
+        return self._set.__contains__
 
 
 class HnswIndex:
@@ -121,6 +156,9 @@ class HnswIndex:
         #: an add whose graph work waits for link(): (labels, vectors, known positions)
         self._unlinked: tuple[Labels, Matrix, list[int]] | None = None
         self._linking = threading.Lock()
+        #: id of a read-only allowed array -> its search forms (the newest _ALLOWED_KEPT)
+        self._allowed: dict[int, _Allowed] = {}
+        self._allowed_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -281,7 +319,8 @@ class HnswIndex:
             except RuntimeError:  # hnswlib found fewer than asked for: scan instead
                 return self._vectors.search(q, k)
         # (labels that are not in the index are never found: no need to look them up here)
-        candidates = allowed if _ascending(allowed) else np.unique(allowed)
+        forms = self._forms(allowed)
+        candidates = forms.labels
         kk = min(k, len(candidates))
         if kk <= 0:
             return padded(len(q), k)
@@ -289,22 +328,36 @@ class HnswIndex:
             return self._vectors.search(q, k, allowed=candidates)
         width = math.ceil(_POST_FILTER_WIDTH * kk * live / len(candidates))
         if width <= _POST_FILTER_MAX:
-            return self._post_filtered(q, k, kk, max(wanted_ef, width), width, candidates)
-        return self._filtered(q, k, kk, wanted_ef, candidates)
+            return self._post_filtered(q, k, kk, max(wanted_ef, width), width, forms)
+        return self._filtered(q, k, kk, wanted_ef, forms)
+
+    def _forms(self, allowed: Labels) -> _Allowed:
+        """``allowed`` in its search forms: kept for a read-only array (a caller's mutable
+        one could change under the same id)."""
+        if allowed.flags.writeable:
+            return _Allowed(allowed)
+        forms = self._allowed.get(id(allowed))
+        if forms is None or forms.given is not allowed:
+            forms = _Allowed(allowed)
+            with self._allowed_lock:  # (searches run in parallel)
+                while len(self._allowed) >= _ALLOWED_KEPT:
+                    self._allowed.pop(next(iter(self._allowed)))
+                self._allowed[id(allowed)] = forms
+        return forms
 
     def _filtered(
-        self, q: Matrix, k: int, kk: int, ef: int, candidates: Labels
+        self, q: Matrix, k: int, kk: int, ef: int, allowed: _Allowed
     ) -> tuple[Labels, Scores]:
-        """A graph search that admits only ``candidates`` (sorted live labels)."""
-        admitted = set(candidates.tolist())
+        """A graph search that admits only the allowed labels (live, sorted)."""
         widened = _FILTER_EF_FACTOR * max(ef, kk)
+        candidates = allowed.labels
         try:
-            return self._graph_search(q, k, kk, widened, len(candidates), admitted.__contains__)
+            return self._graph_search(q, k, kk, widened, len(candidates), allowed.contains())
         except RuntimeError:
             return self._vectors.search(q, k, allowed=candidates)
 
     def _post_filtered(
-        self, q: Matrix, k: int, kk: int, ef: int, width: int, candidates: Labels
+        self, q: Matrix, k: int, kk: int, ef: int, width: int, candidates: _Allowed
     ) -> tuple[Labels, Scores]:
         """An unfiltered graph search for ``width`` results, of which the best ``kk`` allowed
         are kept; a row with fewer is searched again with the filter in the graph."""
@@ -312,8 +365,11 @@ class HnswIndex:
             found, scores = self._graph_search(q, width, width, ef, len(self._vectors), None)
         except RuntimeError:
             return self._filtered(q, k, kk, ef, candidates)
-        at = np.minimum(np.searchsorted(candidates, found), len(candidates) - 1)
-        allowed = candidates[at] == found
+        allowed = candidates.admitted(found)
+        if len(q) == 1 and kk == k:  # the usual single query: no padding to fill
+            keep = np.flatnonzero(allowed[0])[:kk]
+            if len(keep) == kk:
+                return found[:, keep], scores[:, keep]
         labels, out = padded(len(q), k)
         short: list[int] = []
         for row in range(len(q)):
