@@ -224,6 +224,41 @@ def test_few_allowed_gives_the_exact_best_among_them(index: VectorIndex, spec: S
     assert_scores_match(queries, found, scores, dict(zip(labels.tolist(), x, strict=True)), spec[1])
 
 
+def test_a_read_only_allowed_array_searched_again_sees_every_change(
+    index: VectorIndex, spec: Spec
+) -> None:
+    """An index may keep what it made of a read-only allowed array for the next searches
+    with it; an add, a replaced vector or a removal in between must still show."""
+    x, labels = vectors(1000), spread_labels(1000)
+    index.add(labels, x)
+    rows = np.arange(0, 1000, 25)  # 40 allowed: few, scanned exactly by both kinds
+    allowed = labels[rows].copy()
+    allowed.flags.writeable = False
+    queries = vectors(5, seed=11)
+    live = dict(zip(labels.tolist(), x, strict=True))
+
+    def check() -> None:
+        for _ in range(2):  # the second search may use what the first kept
+            found, scores = index.search(queries, 10, allowed=allowed)
+            keys = [label for label in allowed.tolist() if label in live]
+            truth = oracle_top(
+                queries, np.array([live[key] for key in keys]), np.array(keys), spec[1], 10
+            )
+            assert (found == truth).all()
+            assert_scores_match(queries, found, scores, live, spec[1])
+
+    check()
+    target = int(allowed[3])
+    live[target] = queries[0] * 3.0  # replaced: now the best match of the first query
+    index.add(np.array([target], dtype=np.int64), live[target][None, :])
+    check()
+    gone = allowed[:10]
+    index.remove(gone)
+    for label in gone.tolist():
+        del live[label]
+    check()
+
+
 def test_many_allowed_returns_only_allowed(index: VectorIndex, spec: Spec) -> None:
     n = 4000  # 60% allowed is past the HNSW brute-force threshold: the graph is filtered
     x, labels = vectors(n), spread_labels(n)

@@ -12,12 +12,18 @@ What it promises, beyond the ``VectorIndex`` port:
   everything); ``get_vectors`` returns them as stored.
 * Adding a label that is already present replaces its vector; a removed label may be added again.
 * ``search`` allocates its own working memory (score matrices of at most ``max_score_bytes``,
-  64 MiB by default, per chunk of queries): concurrent searches share no mutable state.
+  64 MiB by default, per chunk of queries): concurrent searches share no mutable state but one
+  cache: the rows a filtered search gathers for a read-only ``allowed`` array (a library hands
+  every search with one filter the same one until a write) are kept for the next searches
+  with it, within ``max(_KEPT_BYTES, _KEPT_FRACTION of the vectors' bytes)``, until the next
+  ``add`` or ``remove``. A writeable array is gathered afresh (it could change under its id).
 
 The HNSW adapter keeps an ``ExactIndex`` beside its graph for exact filtered scans.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +42,11 @@ _SCORE_BUDGET_BYTES = 64 * 2**20
 #: Below this fraction of the rows, a filtered search gathers the allowed rows and scores only
 #: them; above it, it scores every row and masks out the others.
 _GATHER_FRACTION = 0.3
+#: What the gathered rows of read-only ``allowed`` arrays may keep: at most _KEPT_ARRAYS of
+#: them, in at most max(_KEPT_BYTES, _KEPT_FRACTION x the stored vectors' bytes).
+_KEPT_ARRAYS = 8
+_KEPT_BYTES = 16 * 2**20
+_KEPT_FRACTION = 0.05
 
 _Norms = npt.NDArray[np.float32]
 _Rows = npt.NDArray[np.intp]
@@ -201,6 +212,10 @@ class ExactIndex:
         # (labels sorted, their rows): vectorised label -> row lookup for filtered searches.
         # Built lazily by search, dropped by add/remove (which never run during a search).
         self._lookup: tuple[Labels, _Rows] | None = None
+        #: id of a read-only allowed array -> (that array, its rows' vectors, labels, squared
+        #: norms), dropped by add/remove like _lookup
+        self._kept: dict[int, tuple[Labels, Matrix, Labels, _Norms]] = {}
+        self._kept_lock = threading.Lock()
 
     @property
     def dimension(self) -> int:
@@ -245,6 +260,7 @@ class ExactIndex:
         self._row_labels[rows] = labels
         self._n = n
         self._lookup = None
+        self._kept = {}
 
     def link(self) -> None:
         """Nothing to do: an exact index has no graph."""
@@ -264,6 +280,7 @@ class ExactIndex:
                 self._rows[moved] = row
             self._n = last
         self._lookup = None
+        self._kept = {}
         if self._n <= len(self._data) // 4 and len(self._data) > self._min_capacity:
             self._resize(max(self._min_capacity, len(self._data) // 2))
 
@@ -283,19 +300,39 @@ class ExactIndex:
             return _exact_search(
                 data, row_labels, q, k, self._metric, sq_norms=sq_norms, budget_bytes=self._budget
             )
-        rows = self._rows_of(allowed)
-        if len(rows) < _GATHER_FRACTION * n:
+        kept = None if allowed.flags.writeable else self._kept.get(id(allowed))
+        if kept is None or kept[0] is not allowed:
+            rows = self._rows_of(allowed)
+            if len(rows) >= _GATHER_FRACTION * n:
+                return self._masked_search(q, k, rows)
             if not _strictly_increasing(allowed):
                 rows = np.unique(rows)  # a repeated label must not be returned twice
-            return _exact_search(
-                data[rows],
-                row_labels[rows],
-                q,
-                k,
-                self._metric,
-                sq_norms=sq_norms[rows],
-                budget_bytes=self._budget,
-            )
+            kept = (allowed, data[rows], row_labels[rows], sq_norms[rows])
+            if not allowed.flags.writeable:
+                self._keep(kept)
+        _, vectors, labels, norms = kept
+        return _exact_search(
+            vectors, labels, q, k, self._metric, sq_norms=norms, budget_bytes=self._budget
+        )
+
+    def _keep(self, gathered: tuple[Labels, Matrix, Labels, _Norms]) -> None:
+        """Keep the gathered rows of a read-only allowed array for the next searches."""
+        size = gathered[1].nbytes
+        budget = max(_KEPT_BYTES, _KEPT_FRACTION * self._n * self._dimension * 4)
+        if size > budget:
+            return
+        with self._kept_lock:  # (searches run in parallel)
+            kept = self._kept
+            while kept and (
+                len(kept) >= _KEPT_ARRAYS or size + sum(g[1].nbytes for g in kept.values()) > budget
+            ):
+                kept.pop(next(iter(kept)))
+            kept[id(gathered[0])] = gathered
+
+    def _masked_search(self, q: Matrix, k: int, rows: _Rows) -> tuple[Labels, Scores]:
+        """A search of every row with those not in ``rows`` masked out."""
+        n = self._n
+        data, sq_norms, row_labels = self._data[:n], self._sq_norms[:n], self._row_labels[:n]
         mask = np.zeros(n, dtype=np.bool_)
         mask[rows] = True
         return _exact_search(

@@ -99,6 +99,7 @@ class _Allowed:
     def __init__(self, given: Labels) -> None:
         self.given = given  # (held: its id is the cache key)
         self.labels: Labels = given if _ascending(given) else np.unique(given)
+        self.labels.flags.writeable = given.flags.writeable  # (kept read-only: see ExactIndex)
         self._table: npt.NDArray[np.bool_] | None = None
         self._set: set[int] | None = None
 
