@@ -9,7 +9,6 @@ Index labels are small integers local to the library, handed out in order and ne
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -18,6 +17,7 @@ import numpy as np
 from arrwdb.domain._batch_journal import BatchJournal
 from arrwdb.domain._columns import MetadataColumns
 from arrwdb.domain._hits import ChunkRef, Hits
+from arrwdb.domain._newest import Newest
 from arrwdb.domain._rwlock import RWLock
 from arrwdb.domain.changes import (
     DocumentDeleted,
@@ -52,8 +52,7 @@ class LibraryState:
         self.columns = MetadataColumns()
         #: the allowed labels of the last filters searched (a plan's repr -> labels), until
         #: the next change: a filter searched again costs nothing to evaluate
-        self._allowed: dict[str, Labels] = {}
-        self._allowed_lock = threading.Lock()
+        self._allowed: Newest[str, Labels] = Newest(ALLOWED_KEPT)
         #: while the projector applies a batch to a watched library: what it does to the
         #: chunks, change by change (for the watches)
         self.journal: BatchJournal | None = None
@@ -251,10 +250,7 @@ class LibraryState:
                 mask = self.columns.mask(plan, predicate, len(self.refs), self._metadata_of)
                 allowed = np.flatnonzero(mask).astype(np.int64, copy=False)
                 allowed.flags.writeable = False
-                with self._allowed_lock:  # (searches run in parallel)
-                    if len(self._allowed) >= ALLOWED_KEPT:
-                        self._allowed.pop(next(iter(self._allowed)), None)
-                    self._allowed[key] = allowed
+                self._allowed.put(key, allowed)
             return allowed
         matching = [
             label

@@ -61,13 +61,13 @@ skip evaluation altogether), and an operator on a plain ``str``/``int``/``float`
 from __future__ import annotations
 
 import operator
-import threading
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Final
 
 from arrwdb.domain._filter_plan import Plan, plan_filter
 from arrwdb.domain._filter_plan import is_number as _is_number
+from arrwdb.domain._newest import Newest
 from arrwdb.domain.errors import InvalidFilterError, LimitExceededError
 from arrwdb.domain.limits import FILTER_DEPTH
 
@@ -129,19 +129,14 @@ def compile_filter(spec: Mapping[str, Any] | None) -> Predicate:
         # the same filter as a vectorised plan, for evaluating it over a whole library
         setattr(predicate, _PLAN, plan_filter(spec))
     if key is not None and len(key) <= _COMPILED_KEY_MAX:
-        with _COMPILED_LOCK:  # (searches compile in parallel)
-            while len(_COMPILED) >= _COMPILED_KEPT:
-                _COMPILED.pop(next(iter(_COMPILED)))
-            _COMPILED[key] = predicate
+        _COMPILED.put(key, predicate)
     return predicate
 
 
 #: The predicates of the last filters compiled (predicates are pure functions, so one serves
 #: every search given an equal filter), by the filter's repr; longer filters are not kept.
-_COMPILED: Final[dict[str, Predicate]] = {}
-_COMPILED_KEPT: Final = 256
+_COMPILED: Final[Newest[str, Predicate]] = Newest(256)
 _COMPILED_KEY_MAX: Final = 4096
-_COMPILED_LOCK: Final = threading.Lock()
 
 
 def plan_of(predicate: Predicate) -> Plan | None:

@@ -53,6 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from arrwdb.adapters.index.exact import ExactIndex, initial_rows, padded
+from arrwdb.domain._newest import Newest
 from arrwdb.domain.models import IndexParams, Matrix, Metric
 from arrwdb.domain.ports import Labels, Scores
 
@@ -158,8 +159,7 @@ class HnswIndex:
         self._unlinked: tuple[Labels, Matrix, list[int]] | None = None
         self._linking = threading.Lock()
         #: id of a read-only allowed array -> its search forms (the newest _ALLOWED_KEPT)
-        self._allowed: dict[int, _Allowed] = {}
-        self._allowed_lock = threading.Lock()
+        self._allowed: Newest[int, _Allowed] = Newest(_ALLOWED_KEPT)
 
     @classmethod
     def load(
@@ -340,10 +340,7 @@ class HnswIndex:
         forms = self._allowed.get(id(allowed))
         if forms is None or forms.given is not allowed:
             forms = _Allowed(allowed)
-            with self._allowed_lock:  # (searches run in parallel)
-                while len(self._allowed) >= _ALLOWED_KEPT:
-                    self._allowed.pop(next(iter(self._allowed)))
-                self._allowed[id(allowed)] = forms
+            self._allowed.put(id(allowed), forms)
         return forms
 
     def _filtered(
