@@ -17,6 +17,7 @@ import pg
 
 DIM = 16
 TRIALS = int(os.environ.get("ARRWDB_CLUSTER_CRASH_TRIALS", "3"))
+EXHAUSTIVE_EF = 10_000  # the largest breadth a search may ask for
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +51,7 @@ def test_kill_9_of_one_server_loses_nothing_and_it_catches_up(pg_schema: str, tr
         stop.set()
         for c in clients:
             c.join(timeout=30)
-        assert len(acked) > 50
+        assert 50 < len(acked) < EXHAUSTIVE_EF // 2
         restarted = ServerProcess(args)
         restarted.start()
         with (
@@ -74,11 +75,17 @@ def test_kill_9_of_one_server_loses_nothing_and_it_catches_up(pg_schema: str, tr
                     ).json()
                 missing = set(acked) - titles
                 assert not missing, f"{len(missing)} acknowledged documents lost"
+            # Both servers projected one log, but hnswlib links a batch's vectors on several
+            # threads, so their graphs differ (the restarted one replayed in larger batches)
+            # and at the default breadth their approximate answers may too. At a breadth
+            # beyond the library's size the search visits every vector: the answers are the
+            # true top-10 on both, and equal only if both hold the same vectors.
             rng = np.random.default_rng(7)
             for _ in range(100):
                 query = {
                     "query_vector": rng.standard_normal(DIM).tolist(),
                     "k": 10,
+                    "ef": EXHAUSTIVE_EF,
                     "min_event_id": final,
                 }
                 hits = [
