@@ -21,6 +21,7 @@ from typing import Any
 
 from dependency_injector import containers, providers
 
+from arrwdb.adapters.compute.blas import SerialBlas
 from arrwdb.adapters.embedders.registry import EmbedderLike, build_registry
 from arrwdb.adapters.hub.local import LocalEventHub
 from arrwdb.adapters.index import make_index
@@ -43,6 +44,7 @@ from arrwdb.domain.ports import (
     IndexFactory,
     IndexStore,
     KeyStore,
+    SerialCompute,
     Store,
     WatchStore,
 )
@@ -77,6 +79,7 @@ def _service(
     limits: Limits,
     watch_store: WatchStore,
     watch_ttl: float,
+    serial: SerialCompute,
 ) -> Iterator[VectorDBService]:
     service = VectorDBService(
         store,
@@ -89,6 +92,7 @@ def _service(
         limits=limits,
         watch_store=watch_store,
         watch_ttl=watch_ttl,
+        serial=serial,
     )
     try:
         try:
@@ -252,6 +256,7 @@ class Container(containers.DeclarativeContainer):
         index_save_interval=config.index_save_interval,
         watch_store=watch_store,
         watch_ttl=config.watch_ttl,
+        serial=providers.Singleton(SerialBlas),
         limits=providers.Factory(
             Limits,
             metadata_bytes=config.max_metadata_bytes,

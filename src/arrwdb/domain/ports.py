@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -150,6 +151,15 @@ class IndexFactory(Protocol):
     ) -> VectorIndex:
         """Raises ``InvalidArgumentError`` for an unknown kind."""
         ...
+
+
+class SerialCompute(Protocol):
+    """While its context is open, numpy's matrix products (BLAS) run on the calling thread
+    only. The projector scores a batch against a library's watches in it: a multi-threaded
+    BLAS keeps its worker threads spinning for a while after a product, and they would take
+    the cores from the index's graph work (hnswlib's threads) that follows."""
+
+    def __call__(self) -> AbstractContextManager[object]: ...
 
 
 @runtime_checkable

@@ -32,7 +32,14 @@ from arrwdb.domain.changes import (
 from arrwdb.domain.errors import HistoryLostError, InternalError, LibraryNotFoundError
 from arrwdb.domain.filters import Predicate
 from arrwdb.domain.models import Library, Matrix
-from arrwdb.domain.ports import ChangeLog, EventHub, IndexFactory, IndexStore, Repository
+from arrwdb.domain.ports import (
+    ChangeLog,
+    EventHub,
+    IndexFactory,
+    IndexStore,
+    Repository,
+    SerialCompute,
+)
 from arrwdb.domain.watches import Watch
 
 logger = logging.getLogger("arrwdb.projection")
@@ -103,11 +110,14 @@ class Projector:
         log: ChangeLog,
         hub: EventHub,
         index_store: IndexStore | None = None,
+        serial: SerialCompute | None = None,
     ) -> None:
         self._projection = projection
         self._log = log
         self._hub = hub
         self._index_store = index_store
+        #: the context the watches score a batch in (see ``SerialCompute``)
+        self._serial: SerialCompute = serial or contextlib.nullcontext
         self._lock = threading.Lock()  # one applier at a time
         # first position of a batch -> its writer's stacked vectors (single dict operations:
         # atomic, no lock needed)
@@ -186,7 +196,8 @@ class Projector:
                 # the watches' events exist before the change events that caused them are
                 # published (and so before the write is answered)
                 try:
-                    self.watches.after_batch(batch, projection.states)
+                    with self._serial() if watched else contextlib.nullcontext():
+                        self.watches.after_batch(batch, projection.states)
                 except Exception:  # a watch must never stop the log being applied: end them
                     logger.exception(
                         "updating the watches after %s failed: closing them", batch.last

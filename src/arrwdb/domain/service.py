@@ -92,6 +92,7 @@ from arrwdb.domain.ports import (
     IndexStore,
     Measured,
     Measurement,
+    SerialCompute,
     SharedLog,
     Store,
     Subscription,
@@ -120,6 +121,7 @@ class VectorDBService:
         watch_history: int = DEFAULT_WATCH_HISTORY,
         watch_store: WatchStore | None = None,
         watch_ttl: float = DEFAULT_WATCH_TTL,
+        serial: SerialCompute | None = None,
     ) -> None:
         if default_embedder not in embedders:
             raise InvalidArgumentError(
@@ -136,7 +138,7 @@ class VectorDBService:
         self._builder = DocumentBuilder(chunker or Chunker(), self._embedders, self._limits)
         self._searcher = Searcher(self._builder, store)
         self._projection = Projection(index_factory)
-        self._projector = Projector(self._projection, store, hub, index_store)
+        self._projector = Projector(self._projection, store, hub, index_store, serial)
         #: the live queries (``lib.watch``, the watch routes and WebSocket actions); the REST
         #: ones kept in ``watch_store``, expiring after ``watch_ttl`` seconds without a listener
         self.watching = Watching(

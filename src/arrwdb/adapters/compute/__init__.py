@@ -1,0 +1,1 @@
+"""How numeric work uses the machine's cores (``SerialCompute``)."""
